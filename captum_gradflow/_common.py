@@ -1,0 +1,244 @@
+"""Small shared helpers: input and target formatting, safe squared cosines, gradients.
+
+Captum's own helpers of this kind are underscore-private and change between releases, so the
+package keeps its own few (DESIGN 5).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
+
+
+def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
+    """Return ``(inputs_as_tuple, was_tuple)``; raise a clear error for anything else."""
+    if isinstance(inputs, Tensor):
+        return (inputs,), False
+    if isinstance(inputs, (tuple, list)) and len(inputs) > 0 and all(
+        isinstance(t, Tensor) for t in inputs
+    ):
+        n = inputs[0].shape[0] if inputs[0].dim() else None
+        for t in inputs:
+            if t.dim() == 0 or t.shape[0] != n:
+                raise ValueError(
+                    "inputs: every tensor needs the same leading batch dimension, got shapes "
+                    f"{[tuple(t.shape) for t in inputs]}"
+                )
+        return tuple(inputs), True
+    raise TypeError(f"inputs must be a Tensor or a tuple of Tensors, got {type(inputs).__name__}")
+
+
+def format_output(was_tuple: bool, values: Tuple[Tensor, ...]) -> TensorOrTuple:
+    """Return ``values`` in the form the inputs came in (Captum convention)."""
+    return values if was_tuple else values[0]
+
+
+def format_additional_args(additional_forward_args: Any) -> Tuple[Any, ...]:
+    """Captum accepts a single object or a tuple of extra forward arguments."""
+    if additional_forward_args is None:
+        return ()
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def check_finite(inputs: Tuple[Tensor, ...], name: str = "inputs") -> None:
+    """Raise ``ValueError`` naming the tensor that holds NaN or Inf."""
+    for i, t in enumerate(inputs):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            where = f"{name}[{i}]" if len(inputs) > 1 else name
+            raise ValueError(f"{where} contains {bad} NaN or Inf values")
+
+
+def prepare_inputs(inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    """Leaf copies that require grad, so the caller's tensors and flags are never touched."""
+    return tuple(t.detach().requires_grad_(t.is_floating_point()) for t in inputs)
+
+
+def run_forward(
+    forward_func: Callable[..., Tensor],
+    inputs: Tuple[Tensor, ...],
+    additional_forward_args: Any = None,
+) -> Tensor:
+    """Call ``forward_func(*inputs, *additional_forward_args)`` and check it returns a tensor."""
+    out = forward_func(*inputs, *format_additional_args(additional_forward_args))
+    if not isinstance(out, Tensor):
+        raise TypeError(f"forward_func must return a Tensor, got {type(out).__name__}")
+    if out.dim() == 0 or out.shape[0] != inputs[0].shape[0]:
+        raise ValueError(
+            f"forward_func output has shape {tuple(out.shape)}; expected one row per example "
+            f"({inputs[0].shape[0]})"
+        )
+    return out
+
+
+def _check_index(value: int, size: int, what: str) -> None:
+    if not -size <= value < size:
+        raise IndexError(f"target {what}{value} is out of range for model output with {size} outputs")
+
+
+def select_target(output: Tensor, target: TargetType) -> Tensor:
+    """Select ``F(x)[target]``, one value per example, with every Captum target form.
+
+    ``None`` (single-output models), an int, a tuple of ints (multi-dimensional outputs), a
+    tensor of one element or one per example, a list of ints or of tuples (one per example).
+    Out-of-range targets raise ``IndexError`` naming the target.
+    """
+    n = output.shape[0]
+    if target is None:
+        if output[0].numel() != 1:
+            raise ValueError(
+                f"target is None but the model has {output[0].numel()} outputs per example; "
+                "pass target= (an int, a tuple, a tensor or a list)"
+            )
+        return output.reshape(n)
+    if isinstance(target, Tensor):
+        if target.numel() == 1:
+            target = int(target.item())
+        elif target.dim() == 1 and target.numel() == n:
+            target = [int(t) for t in target.tolist()]
+        else:
+            raise ValueError(
+                f"target tensor has shape {tuple(target.shape)}; expected a single value or one "
+                f"per example ({n})"
+            )
+    if isinstance(target, int):
+        if output.dim() != 2:
+            raise ValueError(f"an int target needs a 2-D output, got shape {tuple(output.shape)}")
+        _check_index(target, output.shape[1], "")
+        return output[:, target]
+    if isinstance(target, tuple):
+        if len(target) != output.dim() - 1:
+            raise ValueError(f"tuple target {target} does not index output of shape {tuple(output.shape)}")
+        for t, size in zip(target, output.shape[1:]):
+            _check_index(int(t), size, "index ")
+        return output[(slice(None), *target)]
+    if isinstance(target, list):
+        if len(target) != n:
+            raise ValueError(f"target list has {len(target)} entries for {n} examples")
+        if all(isinstance(t, tuple) for t in target):
+            for tt in target:
+                for t, size in zip(tt, output.shape[1:]):
+                    _check_index(int(t), size, "index ")
+            return torch.stack([output[(i, *tt)] for i, tt in enumerate(target)])
+        idx = torch.as_tensor([int(t) for t in target], device=output.device)
+        if output.dim() != 2:
+            raise ValueError(f"a list of ints needs a 2-D output, got shape {tuple(output.shape)}")
+        k = output.shape[1]
+        if ((idx < -k) | (idx >= k)).any():
+            raise IndexError(f"target {target} is out of range for model output with {k} outputs")
+        return output.gather(1, (idx % k).reshape(-1, 1)).reshape(n)
+    raise TypeError(f"unsupported target type {type(target).__name__}")
+
+
+def target_indices(target: TargetType, n: int, device: torch.device) -> Optional[Tensor]:
+    """Class index per example for a 2-D output, or ``None`` when ``target`` is None.
+
+    Needed where a decision margin compares the target logit with the others.
+    """
+    if target is None:
+        return None
+    if isinstance(target, Tensor):
+        t = target.reshape(-1).to(device=device, dtype=torch.long)
+        return t.expand(n) if t.numel() == 1 else t
+    if isinstance(target, int):
+        return torch.full((n,), target, dtype=torch.long, device=device)
+    if isinstance(target, list) and all(isinstance(t, int) for t in target):
+        return torch.as_tensor(target, dtype=torch.long, device=device)
+    raise ValueError(f"target {target!r} does not name one class per example for a 2-D output")
+
+
+def decision_margin(output: Tensor, target: TargetType, threshold: float = 0.0) -> Tensor:
+    """Decision margin of DESIGN 2.5, one value per example.
+
+    One output: ``F - threshold``; K outputs: ``F_target - max_{c != target} F_c`` (for two
+    classes this is ``F_t - F_other``).
+    """
+    n = output.shape[0]
+    if output[0].numel() == 1:
+        return output.reshape(n) - threshold
+    if output.dim() != 2:
+        raise ValueError(f"decision margin needs a (N,) or (N, K) output, got {tuple(output.shape)}")
+    idx = target_indices(target, n, output.device)
+    if idx is None:
+        raise ValueError("target is required for a model with several outputs")
+    own = select_target(output, target)
+    others = output.scatter(1, (idx % output.shape[1]).reshape(-1, 1), float("-inf"))
+    return own - others.max(dim=1).values
+
+
+def flat(t: Tensor) -> Tensor:
+    """Flatten all but the batch dimension."""
+    return t.reshape(t.shape[0], -1)
+
+
+def flat_tuple(ts: Sequence[Tensor]) -> Tensor:
+    """Concatenate a tuple of per-input tensors into one ``(N, d)`` matrix."""
+    return torch.cat([flat(t) for t in ts], dim=1)
+
+
+def squared_cosine(a: Tensor, b: Tensor, eps: float = 0.0) -> Tensor:
+    """Row-wise squared cosine of ``a`` and ``b`` (shape ``(N, d)``) in [0, 1].
+
+    Undefined entries (a zero or non-finite vector) are NaN, never a silent 0 (DESIGN 2.1).
+    ``b`` may also be ``(N, m, d)`` or ``(m, d)``, giving ``(N, m)``.
+    """
+    a = a.to(torch.promote_types(a.dtype, b.dtype))
+    b = b.to(a.dtype)
+    if b.dim() == 2 and b.shape[0] == a.shape[0] and b.shape[1] == a.shape[1]:
+        dot = (a * b).sum(-1)
+        nb = (b * b).sum(-1)
+    elif b.dim() == 3:
+        dot = torch.einsum("nd,nmd->nm", a, b)
+        nb = (b * b).sum(-1)
+    else:  # (m, d) shared by all examples
+        dot = a @ b.T
+        nb = (b * b).sum(-1).unsqueeze(0)
+    na = (a * a).sum(-1)
+    if dot.dim() == 2:
+        na = na.unsqueeze(1)
+    s = dot * dot / (na * nb)
+    bad = (na <= eps) | (nb <= eps) | ~torch.isfinite(s)
+    s = torch.where(bad, torch.full_like(s, float("nan")), s.clamp(0.0, 1.0))
+    return s
+
+
+def count_nan(t: Tensor) -> int:
+    """Number of NaN entries (undefined values) in ``t``."""
+    return int(torch.isnan(t).sum())
+
+
+def input_gradients(
+    forward_func: Callable[..., Tensor],
+    inputs: Tuple[Tensor, ...],
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    create_graph: bool = False,
+    reduce: Optional[Callable[[Tensor, TargetType], Tensor]] = None,
+) -> Tuple[Tuple[Tensor, ...], Tensor]:
+    """Gradients of the per-example decision value with respect to ``inputs``.
+
+    ``inputs`` must be leaves that require grad (see :func:`prepare_inputs`). ``reduce`` maps
+    ``(output, target)`` to one scalar per example; the default is :func:`select_target`.
+    Works inside ``torch.no_grad()``. Returns ``(gradients, output)``; the output is detached
+    unless ``create_graph``.
+    """
+    reduce = reduce or select_target
+    with torch.enable_grad():
+        out = run_forward(forward_func, inputs, additional_forward_args)
+        value = reduce(out, target)
+        if not value.requires_grad:
+            raise ValueError(
+                "the model output does not depend on the inputs (no gradient): check that "
+                "forward_func uses its inputs and that its parameters are not detached"
+            )
+        grads = torch.autograd.grad(
+            value.sum(), inputs, create_graph=create_graph, allow_unused=True
+        )
+    grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
+    return grads, (out if create_graph else out.detach())

@@ -1,0 +1,48 @@
+"""Shared fixtures, and the torchvision workaround that lets zennit and quantus import here.
+
+The only torchvision for torch 2.13 on these machines is a CUDA build whose C extension
+cannot load on CPU torch; torchvision then fails at import with "operator torchvision::nms
+does not exist". Defining the two op schemas it registers fake kernels for lets the pure
+Python parts (all zennit and quantus need) import. Where the extension loads, nothing is done.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+
+def _define_missing_torchvision_ops() -> None:
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        torch.ops.load_library  # noqa: B018 - torch present
+        import torchvision  # noqa: F401
+        return
+    except (RuntimeError, OSError):
+        pass
+    lib = torch.library.Library("torchvision", "DEF")
+    for name in ("nms", "qnms"):
+        try:
+            lib.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        except RuntimeError:
+            pass  # already defined
+    _define_missing_torchvision_ops.lib = lib  # keep the registration alive
+
+
+_define_missing_torchvision_ops()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def lesions_small():
+    """64 synthetic lesions of 32x32 whose label depends only on brightness."""
+    from captum_gradflow import synthetic_lesions
+
+    return synthetic_lesions(64, size=32, seed=0, rule="brightness")
