@@ -13,6 +13,7 @@ from captum_gradflow.features import (
     noise_features,
 )
 from captum_gradflow.models import SmallCNN
+from captum_gradflow.training import TrainHistory, balanced_accuracy, predict, train_classifier
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,10 @@ __all__ = [
     "LogAspectRatio",
     "NoiseFeature",
     "SmallCNN",
+    "TrainHistory",
+    "balanced_accuracy",
+    "predict",
+    "train_classifier",
     "digits_pair",
     "noise_features",
     "synthetic_lesions",

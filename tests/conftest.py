@@ -13,7 +13,7 @@ import pytest
 import torch
 
 
-def _define_missing_torchvision_ops() -> None:
+def define_missing_torchvision_ops() -> None:
     if importlib.util.find_spec("torchvision") is None:
         return
     try:
@@ -28,10 +28,10 @@ def _define_missing_torchvision_ops() -> None:
             lib.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         except RuntimeError:
             pass  # already defined
-    _define_missing_torchvision_ops.lib = lib  # keep the registration alive
+    define_missing_torchvision_ops.lib = lib  # keep the registration alive
 
 
-_define_missing_torchvision_ops()
+define_missing_torchvision_ops()
 
 
 @pytest.fixture(autouse=True)

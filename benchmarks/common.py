@@ -1,0 +1,93 @@
+"""Shared timing and model construction for the benchmark modules.
+
+Each benchmark module ``benchmarks/bench_<topic>.py`` exposes
+``run(quick: bool = False, device: str = "cpu", model_name: str = "small_cnn") -> list[dict]``
+returning rows made with :func:`row`, and prints them when run as a script.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from captum_gradflow.models import SmallCNN
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_side_by_side(
+    fns: Sequence[Callable[[], object]],
+    repeats: int = 7,
+    warmup: int = 2,
+    device: str = "cpu",
+) -> List[float]:
+    """Median wall time in ms of each function, interleaved so drift hits all alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+            sync(device)
+    samples: List[List[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            samples[k].append((time.perf_counter() - t0) * 1000.0)
+    return [statistics.median(s) for s in samples]
+
+
+def row(
+    name: str,
+    ours_ms: float,
+    base_ms: float,
+    target: Optional[float],
+    model: str,
+    batch: int,
+    size: int,
+    device: str,
+    note: str = "",
+) -> Dict[str, object]:
+    """One result row; ``ratio = ours_ms / base_ms`` is compared with ``target`` (lower is better)."""
+    ratio = ours_ms / base_ms
+    return {
+        "name": name, "model": model, "batch": batch, "size": size, "device": device,
+        "ours_ms": round(ours_ms, 3), "base_ms": round(base_ms, 3), "ratio": round(ratio, 4),
+        "target": target, "ok": None if target is None else bool(ratio <= target), "note": note,
+    }
+
+
+def import_torchvision():
+    """torchvision, with the CPU workaround of tests/conftest.py, or ``None``."""
+    try:
+        from tests.conftest import define_missing_torchvision_ops
+
+        define_missing_torchvision_ops()
+        import torchvision
+
+        return torchvision
+    except Exception:  # any failure means: no ResNet-18 rows, not a crash
+        return None
+
+
+def make_model(name: str, num_classes: int = 2, in_channels: int = 1, device: str = "cpu") -> Optional[nn.Module]:
+    """``"small_cnn"`` (the paper's model) or ``"resnet18"`` (random weights, torchvision)."""
+    torch.manual_seed(0)
+    if name == "small_cnn":
+        model = SmallCNN(in_channels=in_channels, num_classes=num_classes)
+    elif name == "resnet18":
+        tv = import_torchvision()
+        if tv is None:
+            return None
+        model = tv.models.resnet18(weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    return model.to(device).eval()
