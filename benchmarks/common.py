@@ -1,7 +1,7 @@
 """Shared timing and model construction for the benchmark modules.
 
 Each benchmark module ``benchmarks/bench_<topic>.py`` exposes
-``run(quick: bool = False, device: str = "cpu", model_name: str = "small_cnn") -> list[dict]``
+``run(quick=False, device="cpu", model_name="small_cnn", batch=16, size=128) -> list[dict]``
 returning rows made with :func:`row`, and prints them when run as a script.
 """
 from __future__ import annotations
