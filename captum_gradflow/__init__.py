@@ -2,7 +2,10 @@
 
 Public names only; each lives in the module named after it.
 """
+from captum_gradflow.adapters import ZennitAttribution
+from captum_gradflow.alignment import FeatureAlignment
 from captum_gradflow.datasets import DigitsSplit, Lesions, digits_pair, synthetic_lesions
+from captum_gradflow.gad import GADWrapper
 from captum_gradflow.features import (
     Brightness,
     Extent,
@@ -12,25 +15,36 @@ from captum_gradflow.features import (
     NoiseFeature,
     noise_features,
 )
+from captum_gradflow.flow import FlowResult, GradientFlowAlignment
 from captum_gradflow.models import SmallCNN
+from captum_gradflow.noise import NoiseComparison
+from captum_gradflow.regularizer import AlignmentRegularizer, alignment_penalty
 from captum_gradflow.training import TrainHistory, balanced_accuracy, predict, train_classifier
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignmentRegularizer",
     "Brightness",
     "DigitsSplit",
     "Extent",
     "Feature",
+    "FeatureAlignment",
+    "FlowResult",
+    "GADWrapper",
+    "GradientFlowAlignment",
     "Lesions",
     "LinearFeature",
     "LogAspectRatio",
+    "NoiseComparison",
     "NoiseFeature",
     "SmallCNN",
     "TrainHistory",
+    "ZennitAttribution",
     "balanced_accuracy",
     "predict",
     "train_classifier",
+    "alignment_penalty",
     "digits_pair",
     "noise_features",
     "synthetic_lesions",

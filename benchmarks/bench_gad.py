@@ -1,0 +1,108 @@
+"""GADWrapper: ``attribute`` against the base method, ``fit`` against plain training.
+
+Targets:
+
+* ``attribute`` costs at most ``1.1 x (T + 1)`` times the base method alone (the base method
+  runs once per model; fusion must be cheap). Rows report ``ours / ((T + 1) x base)``.
+* ``fit`` costs at most ``1.1 x`` plain training per support model per epoch: the original
+  logits are computed once, and each step is a plain forward, MSE, backward and Adam step.
+  Rows report ``fit / (T x epochs x plain epoch)``, the one-time logit pass included.
+
+Run: ``python -m benchmarks.bench_gad``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+from captum.attr import IntegratedGradients, Saliency
+from torch import nn
+
+from benchmarks.common import make_model, row, time_side_by_side
+from captum_gradflow import GADWrapper
+
+TARGET_RATIO = 1.1
+
+
+def _plain_training(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int) -> Callable[[], None]:
+    """A user's ordinary training loop (Adam, cross-entropy) on a fresh copy of the model."""
+
+    def train() -> None:
+        m = copy.deepcopy(model).train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x), batch):
+                idx = order[i:i + batch]
+                loss = F.cross_entropy(m(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+    return train
+
+
+def run(
+    quick: bool = False,
+    device: str = "cpu",
+    model_name: str = "small_cnn",
+    batch: int = 16,
+    size: int = 128,
+) -> List[Dict[str, object]]:
+    """Time GAD's ``attribute`` (Saliency, IG) and ``fit`` next to their plain counterparts."""
+    model = make_model(model_name, num_classes=2, in_channels=1, device=device)
+    if model is None:
+        return []
+    heavy = model_name != "small_cnn"
+    n_support = 2 if (quick and heavy) else 3
+    epochs = (3 if heavy else 4) if quick else 10
+    n_fit = batch * (1 if (quick and heavy) else 2 if quick else 4)
+    gen = torch.Generator().manual_seed(0)
+    x_fit = torch.rand(n_fit, 1, size, size, generator=gen).to(device)
+    y_fit = (torch.arange(n_fit) % 2).to(device)
+    x, y = x_fit[:batch], y_fit[:batch]
+    repeats, warmup = (3, 1) if quick else (5, 1)
+    rows: List[Dict[str, object]] = []
+    common = dict(model=model_name, batch=batch, size=size, device=device)
+
+    def gad_for(method):
+        return GADWrapper(method, n_support=n_support, epochs=epochs, lr=1e-4, batch_size=batch, progress=False)
+
+    # fit: T support models x epochs against the same number of plain training epochs
+    fit = lambda: gad_for(Saliency(model)).fit((x_fit, y_fit), pair=(0, 1))  # noqa: E731
+    plain = _plain_training(model, x_fit, y_fit, n_support * epochs, batch)
+    ours_ms, base_ms = time_side_by_side([fit, plain], repeats=repeats, warmup=warmup, device=device)
+    rows.append(row(f"GAD fit (T={n_support}, {epochs} epochs)", ours_ms, base_ms, TARGET_RATIO, **common,
+                    note=f"base = plain Adam training, {n_support * epochs} epochs of {n_fit} images"))
+
+    # attribute: one call of the base method per model, plus fusion
+    methods = [("Saliency", Saliency(model), {})]
+    if not (quick and heavy):
+        steps = 8 if quick else 32
+        methods.append((f"IG {steps} steps", IntegratedGradients(model),
+                        dict(n_steps=steps, internal_batch_size=batch)))
+    with tempfile.TemporaryDirectory() as tmp:  # one set of support models for every method
+        path = os.path.join(tmp, "gad.pt")
+        gad_for(Saliency(model)).fit((x_fit, y_fit), pair=(0, 1)).save(path)
+        gads = [GADWrapper.load(path, method, progress=False) for _, method, _ in methods]
+    for gad, (name, method, kwargs) in zip(gads, methods):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # captum's "required_grads has been set" notes
+            ours_ms, base_ms = time_side_by_side(
+                [lambda: gad.attribute(x, target=y, **kwargs), lambda: method.attribute(x, target=y, **kwargs)],
+                repeats=repeats, warmup=warmup, device=device,
+            )
+        rows.append(row(f"GAD attribute over {name} (T={n_support})", ours_ms, (n_support + 1) * base_ms,
+                        TARGET_RATIO, **common, note=f"base = (T+1) x {name} alone ({base_ms:.1f} ms)"))
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick=True):
+        print(r)

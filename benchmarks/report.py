@@ -1,0 +1,182 @@
+"""Rendering of benchmark rows: the markdown tables, the list of misses, and the JSON file.
+
+Kept apart from :mod:`benchmarks.run` so the table logic can be tested on hand-made rows
+without importing or running any benchmark module.
+
+Rows are the dicts of :func:`benchmarks.common.row`, to which the runner adds ``topic`` and
+``config`` (``"main"``, ``"batch"`` or ``"size"``: which point of the scaling plan produced it).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = [
+    "MAIN",
+    "fmt_ms",
+    "fmt_target",
+    "render_markdown",
+    "render_main_table",
+    "render_scaling_table",
+    "scaling_pairs",
+    "misses",
+    "describe",
+    "write_json",
+]
+
+MAIN = "main"
+"""Config label of the rows measured at the default batch and image size."""
+
+PASS, FAIL, NONE = "✓", "✗", "—"
+
+
+def fmt_ms(ms: float) -> str:
+    """Milliseconds with about three significant digits, wide enough for GPU and CPU alike."""
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def fmt_target(target: Optional[float]) -> str:
+    return NONE if target is None else f"≤ {target:g}"
+
+
+def _mark(row: Mapping[str, object]) -> str:
+    ok = row.get("ok")
+    return NONE if ok is None else (PASS if ok else FAIL)
+
+
+def _cell(text: object) -> str:
+    # A "|" inside a note would split the markdown cell.
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _identity(row: Mapping[str, object]) -> Tuple[str, str, str]:
+    return (str(row.get("topic", "")), str(row.get("model", "")), str(row.get("name", "")))
+
+
+def render_main_table(rows: Sequence[Mapping[str, object]]) -> str:
+    """One line per benchmark at the default batch and size: absolute times, ratio vs target."""
+    # Run order (topic list, then model) reads better than alphabetical order.
+    main = [r for r in rows if r.get("config", MAIN) == MAIN]
+    lines = [
+        "| topic | benchmark | model | batch | px | ours ms | base ms | ratio | target | ok | note |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|:-:|---|",
+    ]
+    for r in main:
+        lines.append(
+            f"| {_cell(r.get('topic', ''))} | {_cell(r['name'])} | {_cell(r['model'])} | {r['batch']} "
+            f"| {r['size']} | {fmt_ms(float(r['ours_ms']))} | {fmt_ms(float(r['base_ms']))} "
+            f"| {float(r['ratio']):.3f} | {fmt_target(r['target'])} | {_mark(r)} | {_cell(r.get('note', ''))} |"
+        )
+    return "\n".join(lines)
+
+
+def scaling_pairs(rows: Sequence[Mapping[str, object]]) -> List[Tuple[str, Mapping[str, object], Mapping[str, object]]]:
+    """``(axis, smaller, main)`` for every benchmark measured both at a scaling point and at main.
+
+    Rows are matched on (topic, model, name) and, when a module reports several rows of one
+    name, on their order within the run.
+    """
+    def index(config: str) -> Dict[Tuple[str, str, str, int], Mapping[str, object]]:
+        seen: Dict[Tuple[str, str, str], int] = {}
+        out: Dict[Tuple[str, str, str, int], Mapping[str, object]] = {}
+        for r in rows:
+            if r.get("config", MAIN) != config:
+                continue
+            key = _identity(r)
+            k = seen.get(key, 0)
+            seen[key] = k + 1
+            out[key + (k,)] = r
+        return out
+
+    main = index(MAIN)
+    points = {axis: index(axis) for axis in ("batch", "size")}
+    # In the main table's order, each benchmark's batch point then its size point.
+    return [(axis, points[axis][key], m) for key, m in main.items() for axis in points if key in points[axis]]
+
+
+def _growth(a: float, b: float) -> str:
+    return f"×{b / a:.2f}" if a > 0 else NONE
+
+
+def render_scaling_table(rows: Sequence[Mapping[str, object]]) -> str:
+    """How ours, base and their ratio change from the smaller batch (or image) to the main one."""
+    pairs = scaling_pairs(rows)
+    if not pairs:
+        return ""
+    lines = [
+        "| topic | benchmark | model | grows | from → to | ours ms | base ms | ours growth | base growth "
+        "| ratio | target | ok |",
+        "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|:-:|",
+    ]
+    for axis, s, m in pairs:
+        # The module may ignore batch/size for a row (e.g. a fixed 224 px map): the row's own
+        # fields say what was measured, so show them rather than the plan's.
+        span = f"{s[axis]} → {m[axis]}"
+        ok = NONE if s.get("ok") is None and m.get("ok") is None else (
+            PASS if s.get("ok") is not False and m.get("ok") is not False else FAIL)
+        lines.append(
+            f"| {_cell(s.get('topic', ''))} | {_cell(s['name'])} | {_cell(s['model'])} | {axis} | {span} "
+            f"| {fmt_ms(float(s['ours_ms']))} → {fmt_ms(float(m['ours_ms']))} "
+            f"| {fmt_ms(float(s['base_ms']))} → {fmt_ms(float(m['base_ms']))} "
+            f"| {_growth(float(s['ours_ms']), float(m['ours_ms']))} "
+            f"| {_growth(float(s['base_ms']), float(m['base_ms']))} "
+            f"| {float(s['ratio']):.3f} → {float(m['ratio']):.3f} | {fmt_target(s['target'])} | {ok} |"
+        )
+    return "\n".join(lines)
+
+
+def misses(rows: Iterable[Mapping[str, object]]) -> List[Mapping[str, object]]:
+    """Rows whose ratio is above their target (rows without a target never miss)."""
+    return [r for r in rows if r.get("ok") is False]
+
+
+def describe(row: Mapping[str, object]) -> str:
+    """One line naming a row and how far it is from its target."""
+    return (f"{row.get('topic', '?')}: {row['name']} [{row['model']}, batch {row['batch']}, {row['size']} px, "
+            f"{row.get('config', MAIN)}] ratio {float(row['ratio']):.3f} > target {row['target']}")
+
+
+def render_markdown(
+    rows: Sequence[Mapping[str, object]],
+    meta: Mapping[str, object],
+    notes: Sequence[str] = (),
+) -> str:
+    """The whole report: header with date and machine, main table, scaling table, notes, misses."""
+    mode = "quick" if meta.get("quick") else "full"
+    header = [
+        f"## Benchmarks ({mode}, {meta.get('date', '?')})",
+        "",
+        f"Machine: {meta.get('machine', '?')}; device: {meta.get('device', '?')} ({meta.get('device_name', '?')}); "
+        f"torch {meta.get('torch', '?')}, captum {meta.get('captum', '?')}; "
+        f"load average at start {meta.get('loadavg_start', '?')}, at end {meta.get('loadavg_end', '?')}.",
+        "",
+        "Ratio = ours / base (lower is better), medians after warm-up; times in ms.",
+        "",
+        render_main_table(rows),
+    ]
+    scaling = render_scaling_table(rows)
+    if scaling:
+        header += ["", "### Scaling (smaller batch or image → main)", "", scaling]
+    if notes:
+        header += ["", "### Notes", ""] + [f"- {_cell(n)}" for n in notes]
+    missed = misses(rows)
+    header += ["", f"{len(missed)} of {sum(r.get('ok') is not None for r in rows)} ratios miss their target."]
+    header += [f"- {describe(r)}" for r in missed]
+    return "\n".join(header) + "\n"
+
+
+def write_json(path: Path, rows: Sequence[Mapping[str, object]], meta: Mapping[str, object],
+               notes: Sequence[str] = (), runs: Sequence[Mapping[str, object]] = ()) -> None:
+    """``{"meta", "rows", "runs", "notes"}`` as indented JSON (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": dict(meta), "rows": [dict(r) for r in rows],
+               "runs": [dict(r) for r in runs], "notes": list(notes)}
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,242 @@
+"""Artificial distancing (DESIGN 3.1, Algorithm 1): which logits each image pushes down.
+
+A :class:`DistancingPlan` records, for every class ``y``, the "other group" of classes whose
+logits the support models learn to lower by ``alpha_t`` on images of class ``y``. Every image
+of a class is shifted by the same constant, so the order of activations within a class is
+kept while the gap between the groups grows by ``alpha_t``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["DistancingPlan", "make_plan", "default_alphas"]
+
+
+@dataclass(frozen=True)
+class DistancingPlan:
+    """Which classes are pushed apart, and from which.
+
+    Args:
+        strategy: ``"pair"``, ``"one_vs_all"`` or ``"split"``.
+        groups: The two groups ``(G1, G2)`` of output indices (for ``pair=(k, l)``:
+            ``((k,), (l,))``; for ``one_vs_all=c``: ``((c,), every other output)``).
+        classes: Classes whose images were used to fit (and which may be explained).
+        num_classes: Number of model outputs ``K``.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_gradflow.gad import make_plan
+        >>> plan = make_plan(torch.tensor([0, 1, 1, 2]), 3, pair=(0, 1))
+        >>> plan.other_mask(torch.tensor([0, 1]))
+        tensor([[False,  True, False],
+                [ True, False, False]])
+    """
+
+    strategy: str
+    groups: Tuple[Tuple[int, ...], Tuple[int, ...]]
+    classes: Tuple[int, ...]
+    num_classes: int
+
+    def other(self) -> Tensor:
+        """``(K, K)`` bool matrix: ``other[y, c]`` when class ``c`` is in the other group of ``y``."""
+        k = self.num_classes
+        m = torch.zeros(k, k, dtype=torch.bool)
+        g1, g2 = (list(g) for g in self.groups)
+        if self.strategy == "one_vs_all":
+            (c,) = g1
+            m[c, :] = True
+            m[:, c] = True
+            m[c, c] = False
+        else:
+            m[torch.tensor(g1)[:, None], torch.tensor(g2)[None, :]] = True
+            m[torch.tensor(g2)[:, None], torch.tensor(g1)[None, :]] = True
+        return m
+
+    def uses(self, labels: Tensor) -> Tensor:
+        """Bool per image: is its class one of the fitted classes."""
+        return torch.isin(labels, torch.tensor(self.classes, device=labels.device))
+
+    def other_mask(self, labels: Tensor) -> Tensor:
+        """``(N, K)`` bool: the logits pushed down on each image."""
+        return self.other().to(labels.device)[labels]
+
+    def targets(self, logits: Tensor, labels: Tensor, alpha: float) -> Tensor:
+        """Regression targets ``a'(x)`` of a support model: ``a_c(x) - alpha`` on the other group."""
+        return logits - alpha * self.other_mask(labels).to(logits.dtype)
+
+    def margins(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """``a_y(x) - max_{c in other(y)} a_c(x)``, the gap the support models widen."""
+        own = logits.gather(1, labels.reshape(-1, 1)).reshape(-1)
+        others = logits.masked_fill(~self.other_mask(labels), float("-inf"))
+        return own - others.max(dim=1).values
+
+    def to_config(self) -> Dict[str, Any]:
+        """Plain-Python description (saved with ``torch.save`` and loaded with ``weights_only``)."""
+        return {
+            "strategy": self.strategy,
+            "groups": [list(self.groups[0]), list(self.groups[1])],
+            "classes": list(self.classes),
+            "num_classes": self.num_classes,
+        }
+
+    @staticmethod
+    def from_config(config: Dict[str, Any]) -> "DistancingPlan":
+        try:
+            g1, g2 = config["groups"]
+            plan = DistancingPlan(
+                strategy=str(config["strategy"]),
+                groups=(tuple(int(c) for c in g1), tuple(int(c) for c in g2)),
+                classes=tuple(int(c) for c in config["classes"]),
+                num_classes=int(config["num_classes"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"invalid distancing plan in save file: {err!r}") from None
+        if plan.strategy not in ("pair", "one_vs_all", "split"):
+            raise ValueError(f"invalid distancing strategy in save file: {plan.strategy!r}")
+        return plan
+
+
+def _class_index(c: Any, num_classes: int, what: str) -> int:
+    if isinstance(c, bool) or not isinstance(c, (int, Tensor)) or (
+        isinstance(c, Tensor) and (c.numel() != 1 or c.is_floating_point())
+    ):
+        raise TypeError(f"{what} must name output indices as ints, got {c!r}")
+    c = int(c)
+    if not 0 <= c < num_classes:
+        raise IndexError(f"{what} class {c} is out of range for a model with {num_classes} outputs")
+    return c
+
+
+def _require_present(classes: Sequence[int], present: Sequence[int], what: str) -> None:
+    for c in classes:
+        if c not in present:
+            raise ValueError(
+                f"{what} class {c} is absent from the data (classes present: {list(present)}); "
+                "note that classes are output indices of the model, i.e. label values"
+            )
+
+
+def make_plan(
+    labels: Tensor,
+    num_classes: int,
+    pair: Optional[Sequence[int]] = None,
+    one_vs_all: Optional[int] = None,
+    split: Optional[Sequence[Sequence[int]]] = None,
+    class_means: Optional[Tensor] = None,
+    seed: int = 0,
+) -> DistancingPlan:
+    """Check a distancing strategy against the data and build its plan.
+
+    Give at most one of ``pair``, ``one_vs_all`` and ``split``; with none, the classes
+    present are split in two by 2-means on their mean logit vectors (``class_means``,
+    ``(K, K)``, rows of absent classes ignored).
+
+    Args:
+        labels: Integer label (model output index) of every training image.
+        num_classes: Number of model outputs ``K``.
+        pair: ``(k, l)``: only images of k and l are used, each pushed away from the other.
+        one_vs_all: ``c``: images of c are pushed away from every other class, images of
+            any other class away from c.
+        split: ``(G1, G2)``: images of G1 are pushed away from G2, and vice versa; only
+            images of ``G1 ∪ G2`` are used.
+        class_means: Mean original logits per class, needed for the 2-means default.
+        seed: Seed of the 2-means initialisation.
+
+    Returns:
+        :class:`DistancingPlan`.
+
+    Raises:
+        ValueError: fewer than two classes present, a named class absent, overlapping or
+            empty groups, several strategies at once. IndexError: a class out of range.
+    """
+    given = [name for name, v in (("pair", pair), ("one_vs_all", one_vs_all), ("split", split)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give only one distancing strategy, got {given}")
+    present = sorted(int(c) for c in torch.unique(labels).tolist())
+    if len(present) < 2:
+        raise ValueError(
+            f"GAD needs images of at least 2 classes to push apart; the data has only class(es) {present}"
+        )
+    bad = [c for c in present if not 0 <= c < num_classes]
+    if bad:
+        raise IndexError(f"labels {bad} are out of range for a model with {num_classes} outputs")
+
+    if pair is not None:
+        if isinstance(pair, (str, bytes)) or len(pair) != 2:
+            raise ValueError(f"pair must be two class indices (k, l), got {pair!r}")
+        k, l = (_class_index(c, num_classes, "pair") for c in pair)
+        if k == l:
+            raise ValueError(f"pair must name two different classes, got {pair!r}")
+        _require_present((k, l), present, "pair")
+        return DistancingPlan("pair", ((k,), (l,)), tuple(sorted((k, l))), num_classes)
+
+    if one_vs_all is not None:
+        c = _class_index(one_vs_all, num_classes, "one_vs_all")
+        _require_present((c,), present, "one_vs_all")
+        rest = tuple(j for j in range(num_classes) if j != c)
+        return DistancingPlan("one_vs_all", ((c,), rest), tuple(present), num_classes)
+
+    if split is not None:
+        if isinstance(split, (str, bytes)) or len(split) != 2:
+            raise ValueError(f"split must be two groups of class indices (G1, G2), got {split!r}")
+        g1, g2 = (tuple(_class_index(c, num_classes, "split") for c in g) for g in split)
+        if not g1 or not g2:
+            raise ValueError(f"split groups must both be non-empty, got {split!r}")
+        if set(g1) & set(g2):
+            raise ValueError(f"split groups overlap on classes {sorted(set(g1) & set(g2))}")
+        _require_present(g1 + g2, present, "split")
+        return DistancingPlan("split", (g1, g2), tuple(sorted(g1 + g2)), num_classes)
+
+    if class_means is None:
+        raise ValueError("the default split needs class_means (the mean logits of each class)")
+    g1, g2 = two_means_split(class_means[present], present, seed)
+    return DistancingPlan("split", (g1, g2), tuple(present), num_classes)
+
+
+def two_means_split(
+    means: Tensor, classes: Sequence[int], seed: int = 0
+) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Split ``classes`` in two by 2-means (scikit-learn) on their mean logit vectors.
+
+    The group holding the smallest class index comes first, so the result does not depend on
+    the cluster numbering.
+    """
+    from sklearn.cluster import KMeans
+
+    if len(classes) == 2:
+        return (int(classes[0]),), (int(classes[1]),)
+    x = means.detach().double().cpu().numpy()
+    assign = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(x).labels_
+    g1 = tuple(int(c) for c, a in zip(classes, assign) if a == assign[0])
+    g2 = tuple(int(c) for c, a in zip(classes, assign) if a != assign[0])
+    if not g2:
+        raise ValueError(
+            f"2-means could not split classes {list(classes)}: their mean logits are identical; "
+            "pass split=(G1, G2) explicitly"
+        )
+    return g1, g2
+
+
+def default_alphas(margins: Tensor, n_support: int, delta: float = 0.5) -> Tensor:
+    """Schedule ``alpha_t = t * delta * std(margin)``, ``t = 1 .. n_support`` (DESIGN 3.1).
+
+    Raises ``ValueError`` when the margins have no spread (the scale is then undefined).
+    """
+    if n_support < 1:
+        raise ValueError(f"n_support must be at least 1, got {n_support}")
+    if not delta > 0:
+        raise ValueError(f"delta must be positive, got {delta}")
+    if margins.numel() < 2:
+        raise ValueError("the schedule needs the margins of at least 2 images")
+    std = float(margins.double().std())
+    if not (std > 0 and torch.isfinite(torch.tensor(std))):
+        raise ValueError(
+            f"the logit margins have standard deviation {std}, so the default schedule is "
+            "undefined; pass alphas= explicitly"
+        )
+    return torch.arange(1, n_support + 1, dtype=torch.float64) * delta * std

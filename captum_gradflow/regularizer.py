@@ -1,0 +1,418 @@
+"""The alignment regularizer: train models whose input gradients agree with features (DESIGN 2.6).
+
+The penalty is ``sum_i lambda_i * mean_x (1 - S_{g_i}(x))`` with ``S`` the squared cosine of
+DESIGN 2.1 between the input gradient of the decision function ``f = F(x)[target]`` and the
+gradient of the feature ``g_i``. Its gradient with respect to the model parameters goes
+through the input gradient, so the input gradient is built with ``create_graph=True``
+(double backpropagation). Feature gradients are constants (closed form where the feature has
+one, autograd otherwise) and are detached.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from captum_gradflow._common import (
+    TargetType,
+    TensorOrTuple,
+    check_finite,
+    format_additional_args,
+    format_inputs,
+    prepare_inputs,
+    run_forward,
+    select_target,
+)
+from captum_gradflow.features import Feature
+
+__all__ = ["AlignmentRegularizer", "alignment_penalty"]
+
+Weights = Union[float, Sequence[float], Mapping[str, float]]
+_UNDEFINED = ("warn", "raise")
+
+
+def alignment_penalty(
+    out: Tensor,
+    inputs: TensorOrTuple,
+    target: TargetType,
+    features: Union[Feature, Sequence[Feature]],
+    weights: Weights = 1.0,
+    mask: Optional[Tensor] = None,
+    undefined: str = "warn",
+) -> Tensor:
+    r"""Functional form of :class:`AlignmentRegularizer`: the penalty for one batch.
+
+    ``sum_i weights[i] * mean_x (1 - S_{g_i}(x))``, a differentiable scalar whose gradient
+    reaches the model parameters through the input gradient of ``out[target]``.
+
+    Args:
+        out: The model's output for ``inputs``, computed with ``inputs.requires_grad_()``
+            and gradients enabled (the training step's own forward pass).
+        inputs: The batch the model saw (a tensor or a tuple of tensors).
+        target: Any Captum target form (see :func:`captum_gradflow._common.select_target`).
+        features: One feature or a sequence of them.
+        weights: One ``lambda`` for all features, one per feature, or a dict by feature name.
+        mask: Soft mask given to every feature, overriding the features' own masks.
+        undefined: ``"warn"`` (default) leaves examples where ``S`` is undefined out of the
+            mean and warns, naming the feature; ``"raise"`` raises ``ValueError`` instead.
+
+    Returns:
+        Scalar penalty tensor (0-dim).
+
+    Examples::
+
+        >>> import torch, torch.nn.functional as F
+        >>> from captum_gradflow import Brightness, SmallCNN, alignment_penalty
+        >>> model = SmallCNN()
+        >>> x, y = torch.rand(4, 1, 32, 32).requires_grad_(), torch.tensor([0, 1, 0, 1])
+        >>> out = model(x)
+        >>> loss = F.cross_entropy(out, y) + alignment_penalty(out, x, y, Brightness(), 0.1)
+        >>> loss.backward()
+    """
+    return AlignmentRegularizer(features, weights, undefined=undefined)(out, inputs, target, mask=mask)
+
+
+class AlignmentRegularizer:
+    r"""Penalty that rewards a model for input gradients aligned with interpretable features.
+
+    For a batch of ``N`` examples (DESIGN 2.6)::
+
+        L = CE + sum_i lambda_i * (1/N) sum_x (1 - S_{g_i}(x))
+
+    ``S_g(x) = <grad f, grad g>^2 / (|grad f|^2 |grad g|^2)`` with ``f = F(x)[target]``
+    (every Captum target form; usually the true label). The penalty is the **mean over the
+    batch**, like ``F.cross_entropy``'s default, so ``lambda`` does not depend on the batch
+    size; each term lies in [0, 1]. It has the gradient of the paper's reward ``-lambda S``.
+
+    **Exact mode** (default) shares the training step's forward pass: run ``out = model(x)``
+    once on an ``x`` that requires grad and add ``reg(out, x, y)`` to the loss. The input
+    gradient is built by double backpropagation (``torch.autograd.grad(...,
+    create_graph=True)``), so a step costs about three to four plain steps. Calling
+    ``loss.backward(inputs=params)`` skips the gradient with respect to ``x``, which nothing
+    needs and which is the most expensive backward of a grayscale CNN's first convolution.
+
+    **Subset mode** (cheaper): ``AlignmentRegularizer(..., fraction=0.25,
+    forward_func=model)`` or :meth:`subset_penalty` re-runs the model on a random
+    ``fraction`` of the batch and penalises only those examples. The subset mean is an
+    unbiased estimate of the batch mean, so the expected gradient is the exact one, with more
+    variance. The re-run is needed because, with a shared forward, backpropagating a subset
+    of the outputs still runs through the whole batch. In this mode ``x`` need not require
+    grad (:attr:`requires_input_grad` is False), and ``out`` is not used.
+
+    Caveats:
+
+    * **BatchNorm in train mode** mixes the examples of a batch: ``f`` of one example then
+      depends on the others, and the input gradient of ``sum_x f(x)`` is no longer each
+      example's own gradient. Use eval-mode BatchNorm, a per-example normalisation
+      (GroupNorm, LayerNorm) or none. In subset mode a train-mode BatchNorm also updates its
+      running statistics a second time per step.
+    * **ReLU networks** have piecewise-constant input gradients whose derivative with
+      respect to the input is zero almost everywhere, which makes the double-backprop
+      signal poor; the paper used ELU (see :class:`captum_gradflow.models.SmallCNN`).
+
+    Where ``S`` is undefined for an example (the model's or the feature's input gradient is
+    zero or not finite) that example is left out of the feature's mean with a
+    ``RuntimeWarning`` naming the feature and the count (``undefined="raise"`` raises
+    instead). A feature whose gradient vanishes for the whole batch, a model whose output
+    does not depend on the input, and NaN or Inf in the output, the input gradient or the
+    penalty raise ``ValueError``. The last call's alignments are kept in
+    :attr:`last_alignment` (NaN where undefined) and the counts in :attr:`last_undefined`.
+
+    Args:
+        features: One :class:`~captum_gradflow.Feature` or a sequence of them.
+        weights: ``lambda``: one float for all features, one per feature, or a dict from
+            feature name to weight (features not named get 0). Non-negative.
+        undefined: ``"warn"`` or ``"raise"``, see above.
+        fraction: Fraction of each batch penalised in subset mode; ``1.0`` (default) is the
+            exact, shared-forward mode.
+        forward_func: The model, needed when ``fraction < 1``.
+        seed: Seed of the subset draws.
+
+    Examples::
+
+        >>> import torch, torch.nn.functional as F
+        >>> from captum_gradflow import (AlignmentRegularizer, Brightness, Extent, SmallCNN,
+        ...                              synthetic_lesions)
+        >>> data = synthetic_lesions(64, size=32, rule="brightness+extent")
+        >>> model = SmallCNN()  # ELU + average pooling: smooth input gradients
+        >>> reg = AlignmentRegularizer([Brightness(), Extent()], weights=[0.5, 0.5])
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        >>> for epoch in range(2):
+        ...     for i in range(0, 64, 16):
+        ...         x = data.images[i:i + 16].requires_grad_()  # the penalty needs grad f
+        ...         y, mask = data.labels[i:i + 16], data.masks[i:i + 16]
+        ...         out = model(x)  # one forward, shared by both terms
+        ...         loss = F.cross_entropy(out, y) + reg(out, x, y, mask=mask)
+        ...         opt.zero_grad()
+        ...         loss.backward(inputs=list(model.parameters()))  # skips x.grad
+        ...         opt.step()
+        >>> sorted(reg.last_alignment)
+        ['brightness', 'extent']
+        >>> cheap = AlignmentRegularizer([Brightness(), Extent()], 0.5, fraction=0.25,
+        ...                              forward_func=model)
+        >>> x = data.images[:16]  # no requires_grad needed in subset mode
+        >>> loss = F.cross_entropy(model(x), data.labels[:16]) + cheap(None, x, data.labels[:16],
+        ...                                                            mask=data.masks[:16])
+    """
+
+    def __init__(
+        self,
+        features: Union[Feature, Sequence[Feature]],
+        weights: Weights = 1.0,
+        undefined: str = "warn",
+        fraction: float = 1.0,
+        forward_func: Optional[Callable[..., Tensor]] = None,
+        seed: int = 0,
+    ) -> None:
+        self.features: List[Feature] = _check_features(features)
+        self.weights: List[float] = _check_weights(weights, self.features)
+        if undefined not in _UNDEFINED:
+            raise ValueError(f"undefined must be one of {_UNDEFINED}, got {undefined!r}")
+        _check_fraction(fraction)
+        if fraction < 1.0 and forward_func is None:
+            raise ValueError("subset mode (fraction < 1) re-runs the model: pass forward_func=model")
+        if forward_func is not None and not callable(forward_func):
+            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        self.undefined = undefined
+        self.fraction = float(fraction)
+        self.forward_func = forward_func
+        self._generator = torch.Generator().manual_seed(int(seed))
+        self.last_alignment: Dict[str, Tensor] = {}
+        self.last_undefined: Dict[str, int] = {}
+
+    @property
+    def requires_input_grad(self) -> bool:
+        """Whether the caller's ``x`` must require grad (exact, shared-forward mode)."""
+        return self.fraction >= 1.0
+
+    def __call__(
+        self,
+        out: Optional[Tensor],
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        mask: Optional[Tensor] = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
+        """Penalty for the batch ``inputs`` whose model output is ``out``.
+
+        Args:
+            out: Output of the training step's forward pass on ``inputs`` (ignored in subset
+                mode, where it may be ``None``).
+            inputs: The batch (tensor or tuple); in exact mode it must require grad.
+            target: Any Captum target form, usually the labels.
+            mask: Soft mask for every feature, overriding their own masks.
+            additional_forward_args: Extra model arguments, used in subset mode only.
+
+        Returns:
+            Scalar penalty (mean over the batch, weighted sum over features).
+        """
+        if self.fraction < 1.0:
+            return self.subset_penalty(
+                self.forward_func, inputs, target, self.fraction, mask, additional_forward_args
+            )
+        xs, _ = format_inputs(inputs)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"out must be the model's output Tensor, got {type(out).__name__}")
+        return self._penalty(out, xs, target, [mask] * len(self.features))
+
+    def subset_penalty(
+        self,
+        forward_func: Callable[..., Tensor],
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        fraction: float = 0.25,
+        mask: Optional[Tensor] = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
+        """Unbiased estimate of the penalty from a random ``fraction`` of the batch.
+
+        The chosen examples are copied, made to require grad and run through
+        ``forward_func`` again, so the caller's tensors and flags are untouched and the
+        training step's own forward needs no input gradient. Per-example targets, masks and
+        additional arguments (tensors with one row per example) follow the subset.
+
+        Args:
+            forward_func: The model.
+            inputs, target, mask, additional_forward_args: As in :meth:`__call__`.
+            fraction: In (0, 1]; at least one example is used.
+
+        Returns:
+            Scalar penalty: mean over the subset, weighted sum over features.
+        """
+        _check_fraction(fraction)
+        xs, _ = format_inputs(inputs)
+        n = xs[0].shape[0]
+        k = max(1, math.ceil(fraction * n))
+        idx = torch.randperm(n, generator=self._generator)[:k].to(xs[0].device)
+        sub = prepare_inputs(tuple(t.detach()[idx] for t in xs))
+        args = tuple(
+            a[idx] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
+            for a in format_additional_args(additional_forward_args)
+        )
+        with torch.enable_grad():
+            out = run_forward(forward_func, sub, args)
+            # A feature's own per-example mask must follow the subset as well.
+            masks = [_subset_mask(mask if mask is not None else f.mask, idx, n) for f in self.features]
+            return self._penalty(out, sub, _subset_target(target, idx, n), masks)
+
+    # ------------------------------------------------------------------ internals
+    def _penalty(
+        self, out: Tensor, xs: Tuple[Tensor, ...], target: TargetType, masks: List[Optional[Tensor]]
+    ) -> Tensor:
+        n = xs[0].shape[0]
+        if out.dim() == 0 or out.shape[0] != n:
+            raise ValueError(f"out has shape {tuple(out.shape)}; expected one row per example ({n})")
+        check_finite(xs, "inputs")
+        check_finite((out.detach(),), "model output")
+        leaves = [i for i, t in enumerate(xs) if t.requires_grad]
+        if not leaves:
+            raise ValueError(
+                "inputs do not require grad: call x.requires_grad_() before the forward pass "
+                "out = model(x), so the penalty can take the input gradient from it"
+            )
+        if not out.requires_grad:
+            raise ValueError(
+                "the model output does not depend on the inputs through autograd (computed "
+                "under torch.no_grad(), detached, or not a function of x)"
+            )
+        value = select_target(out, target)
+        grads = torch.autograd.grad(
+            value, [xs[i] for i in leaves], grad_outputs=torch.ones_like(value),
+            create_graph=True, allow_unused=True,
+        )
+        if all(g is None for g in grads):
+            raise ValueError("the model output does not depend on the inputs: its input gradient is empty")
+        grad_f: Dict[int, Tensor] = {
+            i: (torch.zeros_like(xs[i]) if g is None else g).reshape(n, -1) for i, g in zip(leaves, grads)
+        }
+        norm_f = sum((g * g).sum(1) for g in grad_f.values())  # over all inputs (DESIGN 2.1)
+        bad_f = ~torch.isfinite(norm_f.detach())
+        if bad_f.any():
+            raise ValueError(
+                f"the model's input gradient contains NaN or Inf for {int(bad_f.sum())} of {n} "
+                "examples (check the model and the learning rate)"
+            )
+        zero_f = norm_f.detach() <= 0
+        if zero_f.all():
+            raise ValueError(
+                "the model's input gradient is zero for every example: its output does not "
+                "depend on the input (or all units are saturated)"
+            )
+
+        total = out.new_zeros(())
+        self.last_alignment, self.last_undefined = {}, {}
+        for feature, lam, mask in zip(self.features, self.weights, masks):
+            i = feature.input_index
+            if i >= len(xs) or i not in grad_f:
+                raise ValueError(
+                    f"feature '{feature.name}' reads input {i}, which "
+                    + ("does not exist" if i >= len(xs) else "does not require grad")
+                )
+            g = feature.gradient(xs[i].detach(), mask).reshape(n, -1).to(grad_f[i].dtype)
+            norm_g = (g * g).sum(1)
+            bad_g = ~torch.isfinite(norm_g) | (norm_g <= 0)
+            if bad_g.all():
+                raise ValueError(
+                    f"feature '{feature.name}' has a zero or non-finite input gradient for every "
+                    "example of the batch: its alignment, and so its penalty, is undefined"
+                )
+            undefined = bad_g | zero_f
+            # Undefined rows get harmless stand-ins, then are left out: a NaN there would
+            # poison the backward pass even behind torch.where.
+            g = torch.where(bad_g[:, None], torch.zeros_like(g), g)
+            dot = (grad_f[i] * g).sum(1)
+            denom = torch.where(undefined, torch.ones_like(norm_g), norm_f * norm_g)
+            s = dot * dot / denom
+            self.last_alignment[feature.name] = torch.where(
+                undefined, torch.full_like(norm_g, float("nan")), s.detach().clamp(0.0, 1.0)
+            )
+            count = int(undefined.sum())
+            self.last_undefined[feature.name] = count
+            if count:
+                self._report_undefined(feature.name, count, n, int((zero_f & ~bad_g).sum()))
+            if lam == 0.0:
+                continue
+            keep = (~undefined).to(s.dtype)
+            total = total + lam * ((1.0 - s) * keep).sum() / keep.sum()
+        if not torch.isfinite(total.detach()):
+            raise ValueError(f"the alignment penalty is {total.item()} (not finite)")
+        return total
+
+    def _report_undefined(self, name: str, count: int, n: int, from_model: int) -> None:
+        why = (
+            f"the model's input gradient is zero for {from_model} of them"
+            if from_model == count
+            else "the feature's gradient or the model's is zero or not finite there"
+        )
+        msg = (
+            f"alignment with feature '{name}' is undefined for {count} of {n} examples ({why}); "
+            "they are left out of the penalty's mean"
+        )
+        if self.undefined == "raise":
+            raise ValueError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+    def __repr__(self) -> str:
+        terms = ", ".join(f"{f.name}: {w:g}" for f, w in zip(self.features, self.weights))
+        mode = "exact" if self.fraction >= 1.0 else f"subset fraction={self.fraction:g}"
+        return f"AlignmentRegularizer({{{terms}}}, {mode})"
+
+
+def _check_features(features: Any) -> List[Feature]:
+    if isinstance(features, Feature):
+        features = [features]
+    if not isinstance(features, (list, tuple)) or len(features) == 0:
+        raise TypeError("features must be a Feature or a non-empty sequence of Features")
+    for f in features:
+        if not isinstance(f, Feature):
+            raise TypeError(
+                "features must be Feature objects (use Feature.from_callable for a function), "
+                f"got {type(f).__name__}"
+            )
+    return list(features)
+
+
+def _check_weights(weights: Weights, features: List[Feature]) -> List[float]:
+    names = [f.name for f in features]
+    if isinstance(weights, Mapping):
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"weights name unknown features {unknown}; features are {names}")
+        values = [weights.get(name, 0.0) for name in names]
+    elif isinstance(weights, (int, float)):
+        values = [weights] * len(features)
+    elif isinstance(weights, (list, tuple)):
+        if len(weights) != len(features):
+            raise ValueError(f"got {len(weights)} weights for {len(features)} features {names}")
+        values = list(weights)
+    else:
+        raise TypeError(f"weights must be a float, a sequence or a dict, got {type(weights).__name__}")
+    out = []
+    for name, w in zip(names, values):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"weight of feature '{name}' must be a finite number >= 0, got {w!r}")
+        out.append(float(w))
+    return out
+
+
+def _check_fraction(fraction: float) -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+
+
+def _subset_target(target: TargetType, idx: Tensor, n: int) -> TargetType:
+    """Per-example targets follow the subset; shared ones stay as they are."""
+    if isinstance(target, Tensor) and target.dim() > 0 and target.numel() == n and n > 1:
+        return target.reshape(-1)[idx.to(target.device)]
+    if isinstance(target, list) and len(target) == n:
+        return [target[i] for i in idx.tolist()]
+    return target
+
+
+def _subset_mask(mask: Optional[Tensor], idx: Tensor, n: int) -> Optional[Tensor]:
+    if isinstance(mask, Tensor) and mask.dim() in (3, 4) and mask.shape[0] == n and n > 1:
+        return mask[idx.to(mask.device)]
+    return mask

@@ -1,0 +1,181 @@
+"""The benchmark runner's logic: plan, table, JSON, ``--check`` exit codes, topic contract.
+
+The heavy benchmarks never run here: the runner is fed small topic functions whose rows come
+from real timings of tiny torch operations, so the rendering sees genuine numbers.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from typing import Dict, List
+
+import pytest
+import torch
+
+from benchmarks import report
+from benchmarks.common import row, time_side_by_side
+from benchmarks.run import CONTRACT, MAIN, TOPICS, build_plan, contract_problems, main
+
+PASS_TARGET = 1e9  # no real ratio exceeds this
+FAIL_TARGET = 1e-9  # every real ratio exceeds this
+
+
+def _tiny_timings(n: int) -> List[float]:
+    """Median ms of a small and a larger matmul: real, fast (a few ms in all)."""
+    a, b = torch.randn(n, n), torch.randn(2 * n, 2 * n)
+    return time_side_by_side([lambda: a @ a, lambda: b @ b], repeats=3, warmup=1)
+
+
+def make_topic(target: float, calls: List[Dict[str, object]] = None):
+    """A topic ``run`` honouring the contract; its cost grows with batch and size like real ones."""
+
+    def run(quick=False, device="cpu", model_name="small_cnn", batch=16, size=128):
+        if calls is not None:
+            calls.append(dict(quick=quick, device=device, model_name=model_name, batch=batch, size=size))
+        ours, base = _tiny_timings(max(4, batch * size // 64))
+        return [row("tiny matmul", ours, base, target, model_name, batch, size, device, note="a|b")]
+
+    return run
+
+
+def test_contract_problems_accepts_the_contract_and_names_departures():
+    def good(quick=False, device="cpu", model_name="small_cnn", batch=16, size=128, extra=3):
+        return []
+
+    def bad(quick=False, device="cuda", model_name="small_cnn", size=128, batch=16, extra=None, must=1):
+        return []
+
+    def missing(quick=False, device="cpu"):
+        return []
+
+    def needs_arg(quick=False, device="cpu", model_name="small_cnn", batch=16, size=128, *, must):
+        return []
+
+    assert contract_problems(good) == []
+    problems = contract_problems(bad)
+    assert any("'device' should default to 'cpu'" in p for p in problems)
+    assert any("parameter 4 should be 'batch'" in p for p in problems)
+    assert len(contract_problems(missing)) == 3
+    assert contract_problems(needs_arg) == ["extra parameter 'must' has no default"]
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_topic_module_imports_and_exposes_run(topic):
+    module = importlib.import_module(f"benchmarks.bench_{topic}")
+    assert callable(module.run)
+    assert contract_problems(module.run) == []
+    params = list(inspect.signature(module.run).parameters.values())
+    assert [(p.name, p.default) for p in params[: len(CONTRACT)]] == list(CONTRACT)
+
+
+def test_plan_scales_only_the_small_cnn_in_quick_mode():
+    full = build_plan(["small_cnn", "resnet18"], quick=False)
+    quick = build_plan(["small_cnn", "resnet18"], quick=True)
+    assert {(c.model, c.batch, c.size, c.label) for c in full} == {
+        (m, b, s, lab) for m in ("small_cnn", "resnet18")
+        for b, s, lab in ((16, 128, MAIN), (8, 128, "batch"), (16, 64, "size"))
+    }
+    assert {c.model for c in quick if c.label != MAIN} == {"small_cnn"}
+    assert {c.model for c in quick if c.label == MAIN} == {"small_cnn", "resnet18"}
+    assert all(c.label == MAIN for c in build_plan(["small_cnn"], quick=False, scaling=False))
+
+
+def test_table_marks_each_ratio_against_its_target():
+    ours, base = _tiny_timings(16)
+    rows = [
+        dict(row("passes", ours, base, PASS_TARGET, "small_cnn", 16, 128, "cpu"), topic="t", config=MAIN),
+        dict(row("fails", ours, base, FAIL_TARGET, "small_cnn", 16, 128, "cpu"), topic="t", config=MAIN),
+        dict(row("untargeted", ours, base, None, "small_cnn", 16, 128, "cpu", note="x|y"), topic="t", config=MAIN),
+    ]
+    table = report.render_main_table(rows)
+    lines = {line.split("|")[2].strip(): line for line in table.splitlines()[2:]}
+    assert set(lines) == {"passes", "fails", "untargeted"}
+    assert "✓" in lines["passes"] and "✗" not in lines["passes"]
+    assert "✗" in lines["fails"] and "✓" not in lines["fails"]
+    assert "—" in lines["untargeted"] and "x\\|y" in lines["untargeted"]  # pipe escaped
+    for line in lines.values():  # absolute times are always shown, with the ratio
+        assert report.fmt_ms(rows[0]["ours_ms"]) in line and report.fmt_ms(rows[0]["base_ms"]) in line
+        assert f"{rows[0]['ratio']:.3f}" in line
+    assert report.misses(rows) == [rows[1]]
+    assert report.fmt_target(1.15) == "≤ 1.15"
+
+
+def test_scaling_table_pairs_each_point_with_main_and_shows_growth():
+    rows = [
+        dict(row("op", 20.0, 10.0, 3.0, "small_cnn", 16, 128, "cpu"), topic="t", config=MAIN),
+        dict(row("op", 10.0, 4.0, 3.0, "small_cnn", 8, 128, "cpu"), topic="t", config="batch"),
+        dict(row("op", 5.0, 5.0, 3.0, "small_cnn", 16, 64, "cpu"), topic="t", config="size"),
+        dict(row("unpaired", 1.0, 1.0, 3.0, "resnet18", 8, 128, "cpu"), topic="t", config="batch"),
+    ]
+    pairs = report.scaling_pairs(rows)
+    assert [(axis, s["batch"], s["size"]) for axis, s, _ in pairs] == [("batch", 8, 128), ("size", 16, 64)]
+    table = report.render_scaling_table(rows)
+    batch_line, size_line = table.splitlines()[2:]
+    assert "8 → 16" in batch_line and "×2.00" in batch_line and "×2.50" in batch_line
+    assert "2.500 → 2.000" in batch_line
+    assert "64 → 128" in size_line and "×4.00" in size_line
+    assert report.render_scaling_table(rows[:1]) == ""
+
+
+def test_run_writes_json_and_markdown_and_passes_the_device_through(tmp_path, capsys):
+    calls: List[Dict[str, object]] = []
+    out = tmp_path / "sub" / "results.json"
+    code = main(["--quick", "--models", "small_cnn", "--out", str(out)],
+                topics={"alpha": make_topic(PASS_TARGET, calls)})
+    assert code == 0
+    assert calls == [
+        dict(quick=True, device="cpu", model_name="small_cnn", batch=16, size=128),
+        dict(quick=True, device="cpu", model_name="small_cnn", batch=8, size=128),
+        dict(quick=True, device="cpu", model_name="small_cnn", batch=16, size=64),
+    ]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    meta = data["meta"]
+    for key in ("date", "machine", "cpu_count", "device", "device_name", "torch", "captum", "quick"):
+        assert key in meta
+    assert meta["quick"] is True and meta["device"] == "cpu" and meta["torch"] == torch.__version__
+    assert [(r["topic"], r["config"], r["batch"], r["size"]) for r in data["rows"]] == [
+        ("alpha", MAIN, 16, 128), ("alpha", "batch", 8, 128), ("alpha", "size", 16, 64)]
+    assert all(r["ours_ms"] > 0 and r["base_ms"] > 0 for r in data["rows"])
+    assert [r["status"] for r in data["runs"]] == ["ok"] * 3
+    printed = capsys.readouterr().out
+    assert "tiny matmul" in printed and "Scaling" in printed
+    assert out.with_suffix(".md").read_text(encoding="utf-8") == printed.rstrip("\n") + "\n"
+
+
+def test_check_exit_code_follows_the_targets(tmp_path, capsys):
+    args = ["--models", "small_cnn", "--no-scaling", "--out", str(tmp_path / "r.json")]
+    assert main(args + ["--check"], topics={"good": make_topic(PASS_TARGET)}) == 0
+    assert main(args, topics={"bad": make_topic(FAIL_TARGET)}) == 0  # without --check: report only
+    assert main(args + ["--check"], topics={"good": make_topic(PASS_TARGET), "bad": make_topic(FAIL_TARGET)}) == 1
+    err = capsys.readouterr().err
+    assert "bad: tiny matmul" in err and "good: tiny matmul" not in err
+    # --only leaves the failing topic out, so the check passes again.
+    assert main(args + ["--check", "--only", "good"],
+                topics={"good": make_topic(PASS_TARGET), "bad": make_topic(FAIL_TARGET)}) == 0
+
+
+def test_a_crashing_or_malformed_topic_is_reported_not_fatal(tmp_path, capsys):
+    def crashes(quick=False, device="cpu", model_name="small_cnn", batch=16, size=128):
+        raise RuntimeError("boom")
+
+    def malformed(quick=False, device="cpu", model_name="small_cnn", batch=16, size=128):
+        return [{"name": "no timings"}]
+
+    out = tmp_path / "r.json"
+    topics = {"crash": crashes, "bad_rows": malformed, "good": make_topic(PASS_TARGET)}
+    args = ["--models", "small_cnn", "--no-scaling", "--out", str(out)]
+    assert main(args, topics=topics) == 0
+    assert main(args + ["--check"], topics=topics) == 1
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["topic"] for r in data["rows"]] == ["good"]
+    assert {r["topic"]: r["status"] for r in data["runs"]} == {"crash": "error", "bad_rows": "contract", "good": "ok"}
+    notes = " ".join(data["notes"])
+    assert "RuntimeError: boom" in notes and "lack the keys" in notes
+    assert "FAILED crash" in capsys.readouterr().out
+
+
+def test_cuda_request_without_cuda_exits_2(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the cuda path is exercised by the real runner")
+    assert main(["--device", "cuda", "--out", str(tmp_path / "r.json")], topics={}) == 2
