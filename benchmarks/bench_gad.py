@@ -61,7 +61,7 @@ def run(
         return []
     heavy = model_name != "small_cnn"
     n_support = 2 if (quick and heavy) else 3
-    epochs = (3 if heavy else 4) if quick else 10
+    epochs = 3 if quick else 10
     n_fit = batch * (1 if (quick and heavy) else 2 if quick else 4)
     gen = torch.Generator().manual_seed(0)
     x_fit = torch.rand(n_fit, 1, size, size, generator=gen).to(device)
@@ -84,7 +84,7 @@ def run(
     # attribute: one call of the base method per model, plus fusion
     methods = [("Saliency", Saliency(model), {})]
     if not (quick and heavy):
-        steps = 8 if quick else 32
+        steps = 4 if quick else 32
         methods.append((f"IG {steps} steps", IntegratedGradients(model),
                         dict(n_steps=steps, internal_batch_size=batch)))
     with tempfile.TemporaryDirectory() as tmp:  # one set of support models for every method

@@ -36,7 +36,6 @@ from captum_gradflow._common import (
     input_gradients,
     prepare_inputs,
     select_target,
-    squared_cosine,
     target_indices,
 )
 from captum_gradflow.features import Feature, LinearFeature
@@ -116,24 +115,37 @@ def _margin(output: Tensor, target: TargetType, threshold: float) -> Tensor:
     return own - others.amax(dim=1)
 
 
-class _FeatureGradients:
-    """Feature gradients on the active subset, flattened over all inputs jointly.
+def _cos2(dot: Tensor, norm2_m: Tensor, norm2_g: Tensor) -> Tensor:
+    """Squared cosine from its parts, with the NaN rule of ``_common.squared_cosine``.
 
-    Linear features with a shared direction are computed once and stacked into one ``(k, D)``
-    matrix; the others are evaluated at every point (closed form where the feature has one).
-    A feature reads one input, so its gradient is zero on the others (zero-padded when the
-    inputs are a tuple).
+    The flow already has ``|grad m|^2`` and, for shared directions, ``|grad g|^2``: computing
+    the cosine from parts saves re-reading the ``(n, D)`` gradients at every step.
+    """
+    s = dot * dot / (norm2_m * norm2_g)
+    bad = ~(norm2_m > 0) | ~(norm2_g > 0) | ~torch.isfinite(s)
+    return torch.where(bad, torch.full_like(s, float("nan")), s.clamp(0.0, 1.0))
+
+
+class _FeatureGradients:
+    """Squared cosines between ``grad m`` and the feature gradients on the active subset.
+
+    Gradients are flattened over all inputs jointly; a feature reads one input, so its
+    gradient is zero on the others (only its block enters the dot product). Linear features
+    with one direction for all examples are computed once and stacked into a ``(k, d)``
+    matrix per input (one matmul per step); the others are evaluated at every point, in
+    closed form where the feature has one. A gradient shared by all examples (a broadcast
+    closed form, e.g. Brightness) is used as one row, not copied per example.
     """
 
     def __init__(self, features: Sequence[Feature], inputs: Tuple[Tensor, ...], mask: Any) -> None:
         self.n = inputs[0].shape[0]
-        self.sizes = [t[0].numel() for t in inputs]
-        self.offsets = [sum(self.sizes[:i]) for i in range(len(inputs))]
+        sizes = [t[0].numel() for t in inputs]
+        self.blocks = [slice(sum(sizes[:i]), sum(sizes[:i + 1])) for i in range(len(inputs))]
         self.features = list(features)
-        self.masks = []
-        self.shared: List[int] = []  # columns of linear features with one direction for all
+        self.masks: List[Any] = []
+        self.shared: List[Tuple[int, List[int], Tensor, Tensor]] = []  # input, columns, R, |R|^2
         self.other: List[int] = []
-        rows = []
+        by_input: dict = {}
         for j, feat in enumerate(self.features):
             if not 0 <= feat.input_index < len(inputs):
                 raise IndexError(
@@ -142,40 +154,44 @@ class _FeatureGradients:
                 )
             m = mask if mask is not None else feat.mask
             self.masks.append(m)
-            x = inputs[feat.input_index]
             if isinstance(feat, LinearFeature):
-                r = feat.direction(x, m)
+                r = feat.direction(inputs[feat.input_index], m)
                 if r.shape[0] == 1:
-                    self.shared.append(j)
-                    rows.append(self._pad(flat(r), feat.input_index))
+                    by_input.setdefault(feat.input_index, []).append((j, flat(r)))
                     continue
             self.other.append(j)
-        self.shared_matrix = torch.cat(rows, 0) if rows else None
-
-    def _pad(self, g: Tensor, i: int) -> Tensor:
-        if len(self.sizes) == 1:
-            return g
-        out = g.new_zeros(g.shape[0], sum(self.sizes))
-        out[:, self.offsets[i]:self.offsets[i] + self.sizes[i]] = g
-        return out
+        for i, items in by_input.items():
+            mat = torch.cat([r for _, r in items], 0)
+            self.shared.append((i, [j for j, _ in items], mat, (mat * mat).sum(1)))
 
     def gradient(self, j: int, xs: Tuple[Tensor, ...], rows: Optional[Tensor]) -> Tensor:
+        """Gradient of feature ``j`` on its input, ``(n or 1, d_i)``."""
         feat, m = self.features[j], self.masks[j]
         if rows is not None and _per_example_mask(m, self.n):
             m = m.index_select(0, rows.to(m.device))
         x = xs[feat.input_index]
         g = feat.direction(x, m) if isinstance(feat, LinearFeature) else feat.gradient(x, m)
-        return self._pad(flat(g.expand_as(x)), feat.input_index)
+        if g.dim() == x.dim() and g.shape[0] == x.shape[0] and g.shape[0] > 1 and g.stride(0) == 0:
+            g = g[:1]  # broadcast over examples: keep one row
+        return flat(g)
 
-    def alignment(self, grad_m: Tensor, xs: Tuple[Tensor, ...], rows: Optional[Tensor]) -> Tensor:
+    def alignment(self, grad_m: Tensor, norm2_m: Tensor, xs: Tuple[Tensor, ...],
+                  rows: Optional[Tensor]) -> Tensor:
         """Squared cosines ``(n, m)`` between ``grad_m`` ``(n, D)`` and every feature gradient."""
-        out = grad_m.new_empty(grad_m.shape[0], len(self.features))
-        if self.shared:
-            # (n, k, D) view: a 2-D (k, D) matrix with k == n would be read as row pairs.
-            shared = self.shared_matrix.unsqueeze(0).expand(grad_m.shape[0], -1, -1)
-            out[:, self.shared] = squared_cosine(grad_m, shared)
+        n = grad_m.shape[0]
+        out = grad_m.new_empty(n, len(self.features))
+        nm = norm2_m[:, None]
+        for i, cols, mat, norm2 in self.shared:
+            mat, norm2 = mat.to(grad_m.dtype), norm2.to(grad_m.dtype)
+            out[:, cols] = _cos2(grad_m[:, self.blocks[i]] @ mat.T, nm, norm2[None])
         for j in self.other:
-            out[:, j] = squared_cosine(grad_m, self.gradient(j, xs, rows))
+            g = self.gradient(j, xs, rows).to(grad_m.dtype)
+            gm = grad_m[:, self.blocks[self.features[j].input_index]]
+            if g.shape[0] == 1:
+                dot = gm @ g[0]
+            else:
+                dot = torch.bmm(gm.unsqueeze(1), g.unsqueeze(2)).reshape(n)
+            out[:, j] = _cos2(dot, norm2_m, (g * g).sum(1))
         return out
 
 
@@ -348,8 +364,9 @@ class _Flow:
 
     def evaluate(
         self, xs: Tuple[Tensor, ...], rows: Optional[Tensor]
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Margin ``(n,)``, its input gradient flattened over all inputs ``(n, D)``, output."""
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Margin ``(n,)``, its gradient flattened over all inputs ``(n, D)``, the gradient's
+        norm ``(n,)`` and the model output."""
         kept = {}
 
         def margin(out: Tensor, target: TargetType) -> Tensor:
@@ -361,17 +378,17 @@ class _Flow:
             self.forward_func, prepare_inputs(xs), self._subset_target(rows),
             self._subset_args(rows), reduce=margin,
         )
-        return kept["m"].detach(), flat_tuple(grads), kept["out"]
+        g = flat(grads[0]) if len(grads) == 1 else flat_tuple(grads)
+        return kept["m"].detach(), g, torch.linalg.vector_norm(g, dim=1), kept["out"]
 
     # -- the integration -----------------------------------------------------------------
     def run(self, step_size, max_steps, max_length, integrator, eps, details, keep_path):
         n, dev, wide = self.n, self.xs[0].device, torch.float64
-        m0, g0, out0 = self.evaluate(self.xs, None)
+        m0, g0, norm0, out0 = self.evaluate(self.xs, None)
         # The first evaluation has validated the target against the output; from here on a
         # per-example class index follows the active subset.
         if out0[0].numel() > 1:
             self.target_idx = target_indices(self.target, n, out0.device)
-        norm0 = g0.norm(dim=1)
         ok0 = torch.isfinite(m0) & torch.isfinite(norm0) & (norm0 >= eps) & (norm0 > 0)
         self.eps, self.max_steps, self.heun = eps, max_steps, integrator == "heun"
         self.cap = float("inf") if max_length is None else float(max_length)
@@ -381,10 +398,10 @@ class _Flow:
         else:
             self.h = torch.full((n,), float(step_size), dtype=wide, device=dev)
         # Full-batch state; rows that stop are frozen in it.
-        self.x = flat_tuple(self.xs)
+        self.x = flat(self.xs[0]) if len(self.xs) == 1 else flat_tuple(self.xs)
         self.d = -(self.sigma / norm0)[:, None] * g0  # unit direction of the flow
         self.m = m0.to(wide)
-        self.s = self.feats.alignment(g0, self.xs, None).to(wide)
+        self.s = self.feats.alignment(g0, norm0 * norm0, self.xs, None).to(wide)
         self.length = torch.zeros(n, dtype=wide, device=dev)
         self.integral = torch.zeros_like(self.s)
         self.covered = torch.zeros_like(self.s)  # arc length where S is defined at both ends
@@ -444,52 +461,58 @@ class _Flow:
         hx = ha.to(xa.dtype)[:, None]
         valid = torch.ones_like(ma, dtype=torch.bool)
         if self.heun:
-            _, gp, _ = self.evaluate(self._unflat(xa + hx * da), rows)
-            normp = gp.norm(dim=1)
+            _, gp, normp, _ = self.evaluate(self._unflat(torch.addcmul(xa, hx, da)), rows)
             valid = torch.isfinite(normp) & (normp >= self.eps) & (normp > 0)
             dp = torch.where(valid[:, None], -(sig / normp)[:, None] * gp, da)
-            xn = xa + 0.5 * hx * (da + dp)
+            xn = torch.addcmul(xa, 0.5 * hx, da + dp)
         else:
-            xn = xa + hx * da
-        mn, gn, _ = self.evaluate(self._unflat(xn), rows)
+            xn = torch.addcmul(xa, hx, da)
+        mn, gn, normn, _ = self.evaluate(self._unflat(xn), rows)
         self.n_evals = self.n_evals + self._scatter_count(rows, 2 if self.heun else 1)
-        normn = gn.norm(dim=1)
         ok_new = torch.isfinite(mn) & torch.isfinite(normn) & (normn >= self.eps) & (normn > 0)
         crossed = valid & torch.isfinite(mn) & (sig * mn <= 0)
         # A point where grad m vanishes (or a failed Heun predictor) is rejected: the flow
         # ends at the last point where its direction was defined.
         moving = valid & ~crossed & ok_new
-        moved = (crossed | moving)[:, None]
-        sn = self.feats.alignment(gn, self._unflat(xn), rows).to(sa.dtype)
-
-        # Inside the crossing step the margin is taken as linear: it is zero at tau.
+        moved = crossed | moving
+        sn = self.feats.alignment(gn, normn * normn, self._unflat(xn), rows).to(sa.dtype)
+        d_new = -(sig / normn).to(gn.dtype)[:, None] * gn
         mn = mn.to(ma.dtype)
-        tau = torch.where(crossed, ma / (ma - mn), torch.ones_like(ma))
-        tau = torch.nan_to_num(tau, nan=1.0).clamp(0.0, 1.0)
-        s_end = sa + tau[:, None] * (sn - sa)
-        x_end = xa + tau.to(xa.dtype)[:, None] * (xn - xa)
-        step = torch.where(moved[:, 0], tau * ha, 0.0)
-        # Trapezoid over the segments whose ends both have a defined S (DESIGN 2.1: the
-        # average skips undefined values and the skips are counted).
-        seg = moved & torch.isfinite(sa) & torch.isfinite(s_end)
-        area = torch.where(seg, 0.5 * (sa + s_end) * step[:, None], 0.0)
+        if bool(crossed.any()):
+            # Inside the crossing step the margin is taken as linear: it is zero at tau.
+            tau = torch.where(crossed, ma / (ma - mn), torch.ones_like(ma))
+            tau = torch.nan_to_num(tau, nan=1.0).clamp(0.0, 1.0)
+            sn = torch.lerp(sa, sn, tau[:, None])
+            xn = torch.lerp(xa, xn, tau.to(xa.dtype)[:, None])
+            ha = tau * ha
+        if not bool(moved.all()):
+            sn = torch.where(moved[:, None], sn, sa)
+            xn = torch.where(moved[:, None], xn, xa)
+            d_new = torch.where(moved[:, None], d_new, da)
+            mn = torch.where(moved, mn, ma)
+            ha = torch.where(moved, ha, 0.0)
+        # Trapezoid over the segments whose ends both have a defined S (DESIGN 2.1: averages
+        # skip undefined values and count them).
+        seg = moved[:, None] & torch.isfinite(sa) & torch.isfinite(sn)
+        area = torch.where(seg, 0.5 * (sa + sn) * ha[:, None], 0.0)
 
-        self.length = _put(self.length, rows, la + step)
+        self.length = _put(self.length, rows, la + ha)
         self.integral = _put(self.integral, rows, _take(self.integral, rows) + area)
-        self.covered = _put(self.covered, rows, _take(self.covered, rows) + seg * step[:, None])
-        self.skipped = _put(self.skipped, rows, _take(self.skipped, rows) + (moved & torch.isnan(s_end)))
-        self.n_steps = _put(self.n_steps, rows, _take(self.n_steps, rows) + moved[:, 0].long())
-        self.x = _put(self.x, rows, torch.where(moved, x_end, xa))
-        self.s = _put(self.s, rows, torch.where(moved, s_end, sa))
-        self.m = _put(self.m, rows, torch.where(moved[:, 0], mn, ma))
-        self.d = _put(self.d, rows, torch.where(moved, -(sig / normn)[:, None] * gn, da))
+        self.covered = _put(self.covered, rows, _take(self.covered, rows) + seg * ha[:, None])
+        skipped = moved[:, None] & torch.isnan(sn)
+        self.skipped = _put(self.skipped, rows, _take(self.skipped, rows) + skipped)
+        self.n_steps = _put(self.n_steps, rows, _take(self.n_steps, rows) + moved.long())
+        self.x = _put(self.x, rows, xn)
+        self.s = _put(self.s, rows, sn)
+        self.m = _put(self.m, rows, mn)
+        self.d = _put(self.d, rows, d_new)
         self.reached = _put(self.reached, rows, _take(self.reached, rows) | crossed)
         still = moving & (_take(self.n_steps, rows) < self.max_steps) & ~at_cap
         self.active = _put(self.active, rows, still)
         if self.path is not None:
             ids = torch.arange(self.n, device=xa.device) if rows is None else rows
-            for k in moved[:, 0].nonzero().flatten().tolist():
-                self.path[int(ids[k])].append(x_end[k])
+            for k in moved.nonzero().flatten().tolist():
+                self.path[int(ids[k])].append(xn[k])
 
     def _scatter_count(self, rows: Optional[Tensor], k: int) -> Tensor:
         if rows is None:

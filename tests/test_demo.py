@@ -101,7 +101,7 @@ def test_tables_hold_the_measured_numbers(demo):
 def test_claims_are_decided_from_the_numbers(demo):
     out, results = demo
     claims = results["claims"]
-    assert len(claims) == 3 + 2 * 3
+    assert len(claims) == 2 + 2 + 2 * 3  # two features used, J, accuracy; RC and RS per method
     assert all(isinstance(c["held"], bool) for c in claims)
     report = (out / "report.md").read_text()
     for c in claims:
@@ -114,9 +114,13 @@ def test_claims_are_decided_from_the_numbers(demo):
     reg["balanced_accuracy"] = plain["balanced_accuracy"] - 0.2
     for m in flipped["gad"]["methods"].values():
         m["median_rc"], m["frac_rs_gad_greater"], m["rs_paired_p"] = 1.0, 0.2, 0.9
+    for row in plain["S"].values():
+        row["p"] = 0.5
     again = evaluate_claims(flipped)
-    assert [c["held"] for c in again[1:]] == [False] * (len(claims) - 1)
-    assert "J went from 50.0% to 10.0%" in again[1]["evidence"]
+    assert [c["held"] for c in again] == [False] * len(claims)
+    assert "J went from 50.0% to 10.0%" in again[2]["evidence"]
+    plain["J_mean"] = None  # undefined in JSON: the claim is undecided, not decided
+    assert evaluate_claims(flipped)[2]["held"] is None
 
 
 def test_quick_config_is_smaller_and_validated(tmp_path):

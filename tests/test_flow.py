@@ -87,17 +87,18 @@ def test_linear_one_output_flow_equals_pointwise_alignment(directions):
     torch.testing.assert_close(model(res.end_point).detach()[:, 0], torch.full((4,), 0.3, dtype=D))
 
 
-def test_point_on_the_boundary_has_zero_length_and_pointwise_alignment(linear2, directions):
+def test_point_on_the_boundary_has_zero_length_and_pointwise_alignment(directions):
     r, _ = directions
-    w, b = linear2.weight.detach(), linear2.bias.detach()
-    dm = w[1] - w[0]
-    # Solve for a point with F_1 = F_0 exactly: x = -(b1 - b0) dm / |dm|^2.
-    x = (-(b[1] - b[0]) * dm / (dm @ dm))[None]
-    x = x + torch.zeros(1, 6, dtype=D)
-    res = GradientFlowAlignment(linear2, [LinearFeature(r)]).attribute(x, target=1, return_details=True)
-    if float(res.start_margin.abs()) == 0.0:
-        assert bool(res.reached_boundary[0]) and float(res.length[0]) == 0.0
-    torch.testing.assert_close(res.alignment[0, 0], torch.tensor(sq_cos(dm, r), dtype=D))
+    torch.manual_seed(6)
+    model = nn.Linear(6, 2, bias=False).double()
+    x = torch.cat([torch.zeros(1, 6, dtype=D), torch.randn(1, 6, dtype=D)])  # m(0) = 0 exactly
+    res = GradientFlowAlignment(model, [LinearFeature(r)]).attribute(x, target=1, return_details=True)
+    dm = (model.weight[1] - model.weight[0]).detach()
+    assert res.start_margin[0] == 0 and res.length[0] == 0 and res.n_steps[0] == 0
+    assert res.reached_boundary.tolist() == [True, True]
+    # L -> 0 limit of the average: S at the point itself.
+    torch.testing.assert_close(res.alignment[:, 0], torch.full((2,), sq_cos(dm, r), dtype=D))
+    assert res.length[1] > 0 and res.n_nan == 0
 
 
 # -- quadratic model: a curved flow with an exact solution ------------------------------------

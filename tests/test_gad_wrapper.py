@@ -271,6 +271,8 @@ def test_bad_input_gives_clear_errors_and_changes_nothing(fitted, model, digits,
     other = SmallCNN(num_classes=3)
     with pytest.raises(ValueError, match="does not match"):
         GADWrapper.load(path, Saliency(other))
+    with pytest.warns(UserWarning, match="differs from the one the support models"):
+        GADWrapper.load(path, Saliency(SmallCNN(num_classes=2)))
 
 
 def test_target_outside_the_fitted_classes(three_classes):

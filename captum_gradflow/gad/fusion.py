@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, List, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -88,24 +89,54 @@ def normalize_per_example(r: Tensor) -> Tuple[Tensor, Tensor]:
 def top_q_mask(r: Tensor, q: float = 0.2) -> Tuple[Tensor, Tensor]:
     """Binarise each example's map to its top ``q`` fraction of locations.
 
-    Ties at the threshold are all kept; the minimum of a map is never kept. A degenerate map
-    (constant or not finite) keeps nothing: it says nothing about which location matters.
+    Equivalent to thresholding the [0, 1]-normalised map (:func:`normalize_per_example`),
+    which is a monotone rescaling, so the normalisation itself is skipped. Ties at the
+    threshold are all kept; the minimum of a map is never kept. A degenerate map (constant or
+    not finite) keeps nothing: it says nothing about which location matters.
 
     Returns ``(mask, degenerate)`` with ``mask`` bool, shape of ``r``.
     """
-    norm, degenerate = normalize_per_example(r)
-    flat = norm.reshape(r.shape[0], -1)
+    flat = r.reshape(r.shape[0], -1)
     p = flat.shape[1]
     k = max(1, math.ceil(q * p - 1e-9))
-    safe = torch.nan_to_num(flat, nan=0.0)
-    thr = torch.kthvalue(safe, p - k + 1, dim=1, keepdim=True).values
-    mask = (safe >= thr) & (safe > 0) & ~degenerate[:, None]
+    lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+    # NaN and Inf propagate to the extremes, so this is cheaper than isfinite on every entry
+    finite = (torch.isfinite(lo) & torch.isfinite(hi)).reshape(-1)
+    if not bool(finite.all()):
+        flat = torch.where(finite[:, None], flat, torch.zeros_like(flat))
+        lo = torch.where(finite[:, None], lo, torch.zeros_like(lo))
+        hi = torch.where(finite[:, None], hi, torch.zeros_like(hi))
+    degenerate = ~finite | ~(hi > lo).reshape(-1)
+    thr = _kth_largest(flat, k)
+    mask = flat >= thr
+    if bool((thr <= lo).any()):  # the threshold hit the minimum: drop the minimum
+        mask &= flat > lo
+    if bool(degenerate.any()):
+        mask &= ~degenerate[:, None]
     return mask.reshape(r.shape), degenerate
+
+
+def _kth_largest(flat: Tensor, k: int) -> Tensor:
+    """``k``-th largest value of each row, ``(N, 1)``.
+
+    On CPU, NumPy's introselect is about ten times faster than ``torch.kthvalue``, and this
+    selection is most of fusion's cost.
+    """
+    p = flat.shape[1]
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        part = np.partition(flat.detach().numpy(), p - k, axis=1)[:, p - k]
+        return torch.from_numpy(np.ascontiguousarray(part)).reshape(-1, 1)
+    return torch.kthvalue(flat, p - k + 1, dim=1, keepdim=True).values
 
 
 def consistency_mask(masks: Sequence[Tensor], agreement: float = 1.0) -> Tensor:
     """``C = [sum_t B_t >= agreement * M]`` for ``M`` masks (at least one must agree)."""
     need = max(1, math.ceil(agreement * len(masks) - 1e-9))
+    if need == len(masks):  # the default: a plain AND, cheaper than counting votes
+        out = masks[0]
+        for m in masks[1:]:
+            out = out & m
+        return out
     votes = torch.stack([m.to(torch.int32) for m in masks]).sum(0)
     return votes >= need
 
@@ -157,5 +188,5 @@ def fuse_maps(
         degenerate.append(d)
     c = consistency_mask(masks, agreement)
     a0 = maps[0]
-    attribution = torch.where(c, a0, torch.zeros_like(a0))
+    attribution = torch.where(c, a0, 0.0)
     return FusionResult(attribution, masks, c, torch.stack(degenerate))

@@ -41,7 +41,7 @@ __all__ = ["GADWrapper", "GADComponents"]
 
 _FORMAT = "captum_gradflow.GADWrapper"
 _VERSION = 1
-_CONFIG_KEYS = ("delta", "epochs", "lr", "batch_size", "seed", "warm_start")
+_CONFIG_KEYS = ("n_support", "delta", "alphas", "epochs", "lr", "batch_size", "seed", "warm_start")
 
 
 @dataclass
@@ -138,7 +138,10 @@ class GADWrapper(Attribution):
         model = find_model(attribution_method)
         check_modules_in_model(attribution_method, model)
         if alphas is not None:
-            a = torch.as_tensor(list(alphas), dtype=torch.float64)
+            try:
+                a = torch.as_tensor([float(v) for v in alphas], dtype=torch.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"alphas must be a sequence of numbers, got {alphas!r}") from None
             if a.dim() != 1 or a.numel() == 0 or not torch.isfinite(a).all() or (a <= 0).any() or (a.diff() <= 0).any():
                 raise ValueError(f"alphas must be a non-empty, increasing sequence of positive numbers, got {alphas!r}")
             if n_support is not None and n_support != a.numel():
@@ -363,8 +366,10 @@ class GADWrapper(Attribution):
                 "format": _FORMAT,
                 "version": _VERSION,
                 "model_class": type(self.model).__qualname__,
+                "model_digest": _digest(self.model),
                 "config": {
-                    "delta": self.delta, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+                    "n_support": self.n_support, "delta": self.delta, "alphas": self.fixed_alphas,
+                    "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                     "seed": self.seed, "warm_start": self.warm_start,
                 },
                 "plan": plan.to_config(),
@@ -404,7 +409,10 @@ class GADWrapper(Attribution):
             raise ValueError(f"GAD save file {path} is incomplete: {err!r}") from None
         if len(state_dicts) != alphas.numel():
             raise ValueError(f"GAD save file {path} has {len(state_dicts)} models for {alphas.numel()} alphas")
-        gad = cls(attribution_method, alphas=alphas.tolist(), progress=progress, **config)
+        try:
+            gad = cls(attribution_method, progress=progress, **config)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"GAD save file {path} has an invalid configuration: {err}") from None
         if payload.get("model_class") != type(gad.model).__qualname__:
             raise ValueError(
                 f"GAD save file {path} was fitted for a {payload.get('model_class')}, but the method "
@@ -418,8 +426,28 @@ class GADWrapper(Attribution):
             except (RuntimeError, TypeError, AttributeError) as err:
                 raise ValueError(f"GAD save file {path} does not match the method's model: {err}") from None
             models.append(m)
+        digest = payload.get("model_digest")
+        if not isinstance(digest, Tensor) or digest.shape != _digest(gad.model).shape or not torch.allclose(
+            digest, _digest(gad.model), rtol=1e-5, atol=1e-6
+        ):
+            warnings.warn(
+                f"the model of the method differs from the one the support models in {path} were "
+                "fitted from; GAD maps would compare different models. Refit if this is not intended",
+                UserWarning,
+                stacklevel=2,
+            )
         gad._set_fitted(plan, alphas, models, history)
         return gad
+
+
+def _digest(model: nn.Module) -> Tensor:
+    """Sum and sum of squares of every parameter and buffer: cheap evidence of the same weights."""
+    rows = [
+        torch.stack([t.detach().double().sum(), t.detach().double().square().sum()]).cpu()
+        for t in list(model.parameters()) + list(model.buffers())
+        if t.is_floating_point()
+    ]
+    return torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)
 
 
 def _class_means(logits: Tensor, y: Tensor, k: int) -> Tensor:

@@ -26,9 +26,9 @@ from torch import Tensor
 from captum_gradflow.metrics._hulls import (
     Hulls,
     component_hulls,
-    overlapping_groups,
+    overlapping_pairs,
     rasterise,
-    union_area_correction,
+    union_correction,
 )
 
 __all__ = ["Regions", "attribution_regions", "reduce_channels"]
@@ -226,13 +226,9 @@ def attribution_regions(
     first = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
     row0 = np.arange(n, dtype=np.int64) * (h + 1)
     area = np.bincount(example_of_hull, weights=hulls.area2, minlength=n) / 2.0
-    # Overlapping hulls are rare: only their groups need a polygon union for the exact area.
-    nodes, group = overlapping_groups(trapezoids)
-    if len(nodes):
-        example = example_of_hull[nodes]
-        delta = union_area_correction(hulls, nodes, group, row0[example])
-        first_of_group = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
-        np.add.at(area, example[first_of_group], delta)
+    # Where hulls overlap, subtract the doubly counted area (exact, per row of pixels).
+    rows, correction = union_correction(trapezoids, *overlapping_pairs(trapezoids))
+    area += np.bincount(rows // (h + 1), weights=correction, minlength=n)
     return Regions(
         area=torch.as_tensor(area, dtype=torch.float64),
         n_regions=torch.from_numpy(counts),
@@ -322,7 +318,10 @@ def _keep_pixels(
         # The k-th largest value by partial sort; ties with it are kept, so ranking is
         # deterministic and translation invariant.
         k = max(1, math.ceil(q * h * w - 1e-9))
-        cut = np.partition(flat, h * w - k, axis=1)[:, h * w - k] if n else np.zeros(0)
+        # Pixels that can never be kept get distinct negative values first: a sparse map's
+        # many equal zeros would otherwise make the selection crawl.
+        distinct = np.where(flat > 0, flat, -1.0 - np.arange(h * w, dtype=flat.dtype))
+        cut = np.partition(distinct, h * w - k, axis=1)[:, h * w - k] if n else np.zeros(0)
         kept = (flat >= cut[:, None]) & (flat > 0)
     hi, lo = (flat.max(1), flat.min(1)) if n else (np.zeros(0), np.zeros(0))
     notes = []
