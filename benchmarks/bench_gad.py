@@ -8,7 +8,7 @@ Targets:
   logits are computed once, and each step is a plain forward, MSE, backward and Adam step.
   Rows report ``fit / (T x epochs x plain epoch)``, the one-time logit pass included.
 
-Run: ``python -m benchmarks.bench_gad``.
+Run: ``python -m benchmarks.bench_gad`` (quick) or ``python -m benchmarks.bench_gad --full``.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def run(
     x_fit = torch.rand(n_fit, 1, size, size, generator=gen).to(device)
     y_fit = (torch.arange(n_fit) % 2).to(device)
     x, y = x_fit[:batch], y_fit[:batch]
-    repeats, warmup = (3, 1) if quick else (5, 1)
+    repeats, warmup = ((2 if heavy else 3), 1) if quick else (5, 1)
     rows: List[Dict[str, object]] = []
     common = dict(model=model_name, batch=batch, size=size, device=device)
 
@@ -104,5 +104,7 @@ def run(
 
 
 if __name__ == "__main__":
-    for r in run(quick=True):
+    import sys
+
+    for r in run(quick="--full" not in sys.argv):
         print(r)

@@ -2,7 +2,7 @@
 
 Public names only; each lives in the module named after it.
 """
-from captum_gradflow.adapters import ZennitAttribution
+from captum_gradflow.adapters import ZennitAttribution, quantus_explain
 from captum_gradflow.alignment import FeatureAlignment
 from captum_gradflow.datasets import DigitsSplit, Lesions, digits_pair, synthetic_lesions
 from captum_gradflow.gad import GADWrapper
@@ -16,6 +16,16 @@ from captum_gradflow.features import (
     noise_features,
 )
 from captum_gradflow.flow import FlowResult, GradientFlowAlignment
+from captum_gradflow.metrics import (
+    RegionComplexity,
+    Regions,
+    RegionSensitivity,
+    RegionSensitivityComparison,
+    attribution_regions,
+    compare_region_sensitivity,
+    region_complexity,
+    region_sensitivity,
+)
 from captum_gradflow.models import SmallCNN
 from captum_gradflow.noise import NoiseComparison
 from captum_gradflow.regularizer import AlignmentRegularizer, alignment_penalty
@@ -38,6 +48,10 @@ __all__ = [
     "LogAspectRatio",
     "NoiseComparison",
     "NoiseFeature",
+    "RegionComplexity",
+    "RegionSensitivity",
+    "RegionSensitivityComparison",
+    "Regions",
     "SmallCNN",
     "TrainHistory",
     "ZennitAttribution",
@@ -45,7 +59,12 @@ __all__ = [
     "predict",
     "train_classifier",
     "alignment_penalty",
+    "attribution_regions",
+    "compare_region_sensitivity",
     "digits_pair",
     "noise_features",
+    "quantus_explain",
+    "region_complexity",
+    "region_sensitivity",
     "synthetic_lesions",
 ]

@@ -33,6 +33,7 @@ from captum_gradflow._common import (
 )
 from captum_gradflow.features import (
     Brightness,
+    CoordinateMoments,
     Extent,
     Feature,
     LinearFeature,
@@ -431,12 +432,12 @@ class FeatureAlignment(GradientAttribution):
             if raw is not None:
                 memo = (id(raw), tuple(x.shape), x.dtype, x.device)
                 if memo not in checked:  # the stored raw mask keeps its id from being reused
-                    checked[memo] = (raw, _validated_mask(raw, x, members[0][1].name))
+                    checked[memo] = (raw, normalize_mask(raw, x, members[0][1].name))
                 m = checked[memo][1]
             if kind == "moment":
-                moments = _SeparableMoments(x, m)
+                moments = CoordinateMoments(x, m)
                 for j, f in members:
-                    dense[j] = (i, moments.gradient(f).reshape(x.shape[0], -1))
+                    dense[j] = (i, _moment_gradient(moments, f, x).reshape(x.shape[0], -1))
                 continue
             rt, r2t = self._stack_directions([f for _, f in members], x, cache)
             if m is not None and m.shape[0] == 1:
@@ -512,24 +513,6 @@ def _flat(grads: Tuple[Tensor, ...]) -> Tensor:
     return grads[0].reshape(grads[0].shape[0], -1) if len(grads) == 1 else flat_tuple(grads)
 
 
-def _validated_mask(raw: Any, x: Tensor, name: str) -> Tensor:
-    """A mask accepted by ``features.normalize_mask``, found with two reductions when valid.
-
-    The full check makes several boolean copies of the mask; a finite positive sum per
-    example and a non-negative minimum imply it passes. Anything else goes to
-    ``normalize_mask``, which raises the error naming the problem.
-    """
-    if (
-        isinstance(raw, Tensor) and x.dim() == 4 and raw.dim() == 4 and raw.shape[1] == 1
-        and raw.shape[2:] == x.shape[2:] and raw.shape[0] in (1, x.shape[0])
-    ):
-        m = raw.to(dtype=x.dtype, device=x.device)
-        per_example = m.flatten(1).sum(1)
-        if bool(torch.isfinite(per_example).all() & (per_example > 0).all() & (m.amin() >= 0)):
-            return m
-    return normalize_mask(raw, x, name)
-
-
 def _generic_gradient(f: Feature, x: Tensor, mask: Optional[Tensor]) -> Tensor:
     """``f.gradient`` flattened to ``(1 or N, d_i)``, with clear errors for a bad gradient."""
     try:
@@ -549,71 +532,14 @@ def _generic_gradient(f: Feature, x: Tensor, mask: Optional[Tensor]) -> Tensor:
     return g.reshape(g.shape[0], -1)
 
 
-class _SeparableMoments:
-    """Closed-form gradients of Brightness, Extent and LogAspectRatio from shared moments.
-
-    Same formulas as :mod:`captum_gradflow.features`, but pixel coordinates are separable
-    (row ``r_h``, column ``c_w``), so the weighted moments come from row and column sums and
-    every gradient is an outer sum of ``(N, H)`` and ``(N, W)`` terms: a few passes over the
-    image instead of ``(N, HW, 2)`` intermediates, and one computation for both features.
-    """
-
-    def __init__(self, x: Tensor, mask: Optional[Tensor]) -> None:
-        n, c, h, w = x.shape
-        self.x, self.mask = x, mask
-        xm = x[:, 0] if c == 1 else x.mean(dim=1)
-        wt = xm if mask is None else mask[:, 0] * xm  # (N, H, W) intensity weights
-        # Centred coordinates keep E[r^2] - E[r]^2 free of cancellation.
-        wide = torch.float64
-        r = torch.arange(h, dtype=x.dtype, device=x.device) - (h - 1) / 2
-        col = torch.arange(w, dtype=x.dtype, device=x.device) - (w - 1) / 2
-        rows, cols = wt.sum(2).to(wide), wt.sum(1).to(wide)  # (N, H), (N, W)
-        r64, c64 = r.to(wide), col.to(wide)
-        total = rows.sum(1)
-        mr, mc = rows @ r64 / total, cols @ c64 / total
-        self.a = rows @ (r64 * r64) / total - mr * mr
-        self.c = cols @ (c64 * c64) / total - mc * mc
-        self.b = ((wt @ col).to(wide) @ r64) / total - mr * mc
-        self.total = total
-        self.dr = r64[None] - mr[:, None]  # (N, H)
-        self.dc = c64[None] - mc[:, None]  # (N, W)
-
-    def gradient(self, f: Feature) -> Tensor:
-        if isinstance(f, Brightness):
-            m = self.mask if self.mask is not None else torch.ones_like(self.x[:1, :1])
-            return f.closed_form_gradient(self.x, m).expand_as(self.x)
-        if isinstance(f, Extent):
-            trace = self.a + self.c
-            scale = 1.0 / (2 * torch.sqrt(trace) * self.total)
-            row = (self.dr * self.dr - trace[:, None]) * scale[:, None]
-            col = self.dc * self.dc * scale[:, None]
-            return self._to_input(row, col, None)
-        a, b, c = self.a, self.b, self.c
-        t = (a + c) / 2
-        s = torch.sqrt(((a - c) / 2) ** 2 + b ** 2)
-        dls = 2 * t / (t * t - s * s)
-        dlt = -2 * s / (t * t - s * s)
-        da = dlt / 2 + dls * (a - c) / (4 * s)
-        dc = dlt / 2 - dls * (a - c) / (4 * s)
-        db = dls * b / s
-        inv = 1.0 / self.total
-        const = (da * a + dc * c + db * b) * inv
-        row = (da * inv)[:, None] * self.dr * self.dr - const[:, None]
-        col = (dc * inv)[:, None] * self.dc * self.dc
-        return self._to_input(row, col, (db * inv)[:, None] * self.dr)
-
-    def _to_input(self, row: Tensor, col: Tensor, cross_row: Optional[Tensor]) -> Tensor:
-        """``dw[n, h, w] = row[n, h] + col[n, w] (+ cross_row[n, h] * dc[n, w])`` back to x."""
-        n, ch, h, w = self.x.shape
-        dt = self.x.dtype
-        scale = 1.0 / ch
-        row, col = (row * scale).to(dt)[:, :, None], (col * scale).to(dt)[:, None, :]
-        dw = row + col
-        if cross_row is not None:
-            dw = dw + (cross_row * scale).to(dt)[:, :, None] * self.dc.to(dt)[:, None, :]
-        if self.mask is not None:
-            dw = dw * self.mask[:, 0]
-        return dw[:, None].expand(n, ch, h, w)
+def _moment_gradient(moments: CoordinateMoments, f: Feature, x: Tensor) -> Tensor:
+    """One built-in moment feature's closed-form gradient from shared moments."""
+    if isinstance(f, Brightness):
+        m = moments.mask if moments.mask is not None else torch.ones_like(x[:1, :1])
+        return f.closed_form_gradient(x, m).expand_as(x)
+    if isinstance(f, Extent):
+        return moments.extent_gradient()
+    return moments.log_aspect_ratio_gradient()
 
 
 _MOMENT_FEATURES = (Brightness, Extent, LogAspectRatio)

@@ -34,9 +34,7 @@ from captum_gradflow.datasets import Lesions, digits_pair, synthetic_lesions
 from captum_gradflow.features import Brightness, Extent, Feature, LogAspectRatio, noise_features
 from captum_gradflow.flow import GradientFlowAlignment
 from captum_gradflow.gad import GADWrapper
-from captum_gradflow.metrics import attribution_regions
-from captum_gradflow.metrics.complexity import region_complexity
-from captum_gradflow.metrics.sensitivity import compare_region_sensitivity
+from captum_gradflow.metrics import attribution_regions, compare_region_sensitivity, region_complexity
 from captum_gradflow.models import SmallCNN
 from captum_gradflow.noise import NoiseComparison
 from captum_gradflow.regularizer import AlignmentRegularizer

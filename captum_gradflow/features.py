@@ -19,6 +19,7 @@ from torch import Tensor
 
 __all__ = [
     "Feature",
+    "CoordinateMoments",
     "Brightness",
     "Extent",
     "LogAspectRatio",
@@ -83,6 +84,15 @@ class Feature(ABC):
         m = self._mask(x, mask)
         g = self.closed_form_gradient(x.detach(), m)
         if g is not None:
+            if (
+                not isinstance(g, Tensor) or g.dim() != x.dim() or g.shape[1:] != x.shape[1:]
+                or g.shape[0] not in (1, x.shape[0])
+            ):
+                shape = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+                raise ValueError(
+                    f"closed-form gradient of feature '{self.name}' has shape {shape}; expected "
+                    f"the input's shape {tuple(x.shape)} (or a leading 1)"
+                )
             return g.expand_as(x)
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -109,15 +119,21 @@ class Feature(ABC):
         gradient: Optional[Callable[..., Tensor]] = None,
         mask: Optional[Tensor] = None,
         input_index: int = 0,
+        uses_mask: Optional[bool] = None,
     ) -> "Feature":
         """Wrap any differentiable function ``fn(x)`` or ``fn(x, mask)`` as a feature.
 
         Args:
-            fn: Maps ``(N, *S)`` to ``(N,)``. If it takes two parameters it receives the mask.
+            fn: Maps ``(N, *S)`` to ``(N,)``.
             name: Name shown in tables.
             gradient: Optional closed-form gradient with the same signature as ``fn``.
+            mask: Default mask (a per-call mask wins).
+            input_index: Which input tensor the feature reads.
+            uses_mask: Whether ``fn`` takes the mask as its second argument. By default, it
+                does when its second parameter is named ``mask`` (so ``fn(x, eps=1e-3)`` is
+                never handed a mask).
         """
-        return _CallableFeature(fn, name, gradient, mask, input_index)
+        return _CallableFeature(fn, name, gradient, mask, input_index, uses_mask)
 
     def _mask(self, x: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
         mask = self.mask if mask is None else mask
@@ -128,15 +144,25 @@ class Feature(ABC):
 
 
 class _CallableFeature(Feature):
-    def __init__(self, fn, name, gradient, mask, input_index) -> None:
+    def __init__(self, fn, name, gradient, mask, input_index, uses_mask) -> None:
         super().__init__(name, mask, input_index)
         self.fn = fn
         self.fn_gradient = gradient
-        try:
-            params = inspect.signature(fn).parameters
-            self.takes_mask = len(params) >= 2
-        except (TypeError, ValueError):
-            self.takes_mask = False
+        if uses_mask is None:
+            try:
+                params = list(inspect.signature(fn).parameters.values())
+            except (TypeError, ValueError):
+                params = []
+            # A second parameter named ``mask``, or a required one, takes the mask; an optional
+            # one (``fn(x, eps=1e-3)``) is left alone.
+            uses_mask = len(params) >= 2 and (
+                params[1].name == "mask" or params[1].default is inspect.Parameter.empty
+            )
+        self.takes_mask = bool(uses_mask)
+
+    @property
+    def has_closed_form(self) -> bool:
+        return self.fn_gradient is not None
 
     def compute(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
         return self.fn(x, mask) if self.takes_mask else self.fn(x)
@@ -165,15 +191,19 @@ def normalize_mask(mask: Tensor, x: Tensor, name: str = "feature") -> Tensor:
             f"mask for feature '{name}' has shape {tuple(mask.shape)}; expected (N, 1, H, W) or "
             f"(1, 1, H, W) with N={n}, H={h}, W={w}"
         )
+    # Two reductions decide the common valid case; the detailed checks run only on failure.
+    per_example = mask.flatten(1).sum(1)
+    if bool(torch.isfinite(per_example).all() & (per_example > 0).all() & (mask.amin() >= 0)):
+        return mask
     if not torch.isfinite(mask).all() or (mask < 0).any():
         raise ValueError(f"mask for feature '{name}' must be finite and non-negative")
-    empty = (mask.flatten(1).sum(1) <= 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"mask for feature '{name}' is empty (sums to 0) for examples {empty}")
-    return mask
+    empty = (per_example <= 0).nonzero().flatten().tolist()
+    raise ValueError(f"mask for feature '{name}' is empty (sums to 0) for examples {empty}")
 
 
 def _require_mask(mask: Optional[Tensor], x: Tensor, name: str) -> Tensor:
+    if x.dim() != 4:
+        raise ValueError(f"feature '{name}' expects images of shape (N, C, H, W), got {tuple(x.shape)}")
     # Image features without a mask use the whole image.
     return mask if mask is not None else torch.ones_like(x[:1, :1])
 
@@ -204,27 +234,89 @@ class Brightness(Feature):
         return (m / (total * x.shape[1])).expand(x.shape[0], *x.shape[1:])
 
 
-class _Moments:
-    """Intensity-weighted second moments of pixel coordinates, shared by Extent and aspect."""
+class CoordinateMoments:
+    """Intensity-weighted first and second moments of pixel coordinates inside a mask.
 
-    def __init__(self, x: Tensor, mask: Tensor) -> None:
+    Shared by :class:`Extent` and :class:`LogAspectRatio` (and by
+    :class:`~captum_gradflow.FeatureAlignment`, which computes both from one instance).
+    Pixel coordinates are separable (row ``r_h``, column ``c_w``), so the moments come from
+    row and column sums and every gradient is an outer sum of ``(N, H)`` and ``(N, W)``
+    terms: a few passes over the image instead of ``(N, HW, 2)`` intermediates. Coordinates
+    are centred and the moments accumulated in float64, which keeps ``E[r^2] - E[r]^2``
+    free of cancellation in float32. Everything is differentiable by autograd too.
+
+    Args:
+        x: Images ``(N, C, H, W)``.
+        mask: Normalised mask ``(N or 1, 1, H, W)`` (see :func:`normalize_mask`) or None.
+    """
+
+    def __init__(self, x: Tensor, mask: Optional[Tensor]) -> None:
         n, c, h, w = x.shape
-        self.channels = c
-        self.mask = mask
-        self.w = (mask * x.mean(dim=1, keepdim=True)).reshape(n, h * w)
-        rows = torch.arange(h, dtype=x.dtype, device=x.device).repeat_interleave(w)
-        cols = torch.arange(w, dtype=x.dtype, device=x.device).repeat(h)
-        self.p = torch.stack([rows, cols], dim=1)  # (HW, 2)
-        self.total = self.w.sum(1)  # (N,)
-        self.mu = (self.w @ self.p) / self.total[:, None]  # (N, 2)
-        self.d = self.p[None] - self.mu[:, None]  # (N, HW, 2)
-        wd = self.w[..., None] * self.d
-        self.cov = torch.einsum("nka,nkb->nab", wd, self.d) / self.total[:, None, None]
+        self.x, self.mask = x, mask
+        xm = x[:, 0] if c == 1 else x.mean(dim=1)
+        wt = xm if mask is None else mask[:, 0] * xm  # (N, H, W) intensity weights
+        wide = torch.float64
+        r = torch.arange(h, dtype=x.dtype, device=x.device) - (h - 1) / 2
+        col = torch.arange(w, dtype=x.dtype, device=x.device) - (w - 1) / 2
+        rows, cols = wt.sum(2).to(wide), wt.sum(1).to(wide)  # (N, H), (N, W)
+        r64, c64 = r.to(wide), col.to(wide)
+        total = rows.sum(1)
+        mr, mc = rows @ r64 / total, cols @ c64 / total
+        self.a = rows @ (r64 * r64) / total - mr * mr  # row variance
+        self.c = cols @ (c64 * c64) / total - mc * mc  # column variance
+        self.b = ((wt @ col).to(wide) @ r64) / total - mr * mc  # covariance
+        self.total = total
+        self.dr = r64[None] - mr[:, None]  # (N, H)
+        self.dc = c64[None] - mc[:, None]  # (N, W)
 
-    def to_input(self, dw: Tensor, shape: torch.Size) -> Tensor:
-        """Chain rule from the weights ``w = m * mean_c x`` back to ``x``."""
-        n, c, h, w = shape
-        return (dw.reshape(n, 1, h, w) * self.mask / c).expand(n, c, h, w)
+    def extent(self) -> Tensor:
+        return torch.sqrt(self.a + self.c).to(self.x.dtype)
+
+    def _ts(self) -> Tuple[Tensor, Tensor]:
+        t = (self.a + self.c) / 2
+        s = torch.sqrt(((self.a - self.c) / 2) ** 2 + self.b ** 2)
+        return t, s
+
+    def log_aspect_ratio(self) -> Tensor:
+        t, s = self._ts()
+        return torch.log((t + s) / (t - s)).to(self.x.dtype)
+
+    def extent_gradient(self) -> Tensor:
+        # d trace / d w_i = (|p_i - mu|^2 - trace) / W, then the chain rule through sqrt.
+        trace = self.a + self.c
+        scale = 1.0 / (2 * torch.sqrt(trace) * self.total)
+        row = (self.dr * self.dr - trace[:, None]) * scale[:, None]
+        col = self.dc * self.dc * scale[:, None]
+        return self._to_input(row, col, None)
+
+    def log_aspect_ratio_gradient(self) -> Tensor:
+        # LAR = log((t+s)/(t-s)); t = (a+c)/2, s = sqrt(((a-c)/2)^2 + b^2) and
+        # d cov_ab / d w_i = (d_ia d_ib - cov_ab) / W.
+        a, b, c = self.a, self.b, self.c
+        t, s = self._ts()
+        dls = 2 * t / (t * t - s * s)
+        dlt = -2 * s / (t * t - s * s)
+        da = dlt / 2 + dls * (a - c) / (4 * s)
+        dc = dlt / 2 - dls * (a - c) / (4 * s)
+        db = dls * b / s
+        inv = 1.0 / self.total
+        const = (da * a + dc * c + db * b) * inv
+        row = (da * inv)[:, None] * self.dr * self.dr - const[:, None]
+        col = (dc * inv)[:, None] * self.dc * self.dc
+        return self._to_input(row, col, (db * inv)[:, None] * self.dr)
+
+    def _to_input(self, row: Tensor, col: Tensor, cross_row: Optional[Tensor]) -> Tensor:
+        """``dw[n, h, w] = row[n, h] + col[n, w] (+ cross_row[n, h] * dc[n, w])`` back to x."""
+        n, ch, h, w = self.x.shape
+        dt = self.x.dtype
+        scale = 1.0 / ch  # w = m * mean_c x
+        row, col = (row * scale).to(dt)[:, :, None], (col * scale).to(dt)[:, None, :]
+        dw = row + col
+        if cross_row is not None:
+            dw = dw + (cross_row * scale).to(dt)[:, :, None] * self.dc.to(dt)[:, None, :]
+        if self.mask is not None:
+            dw = dw * self.mask[:, 0]
+        return dw[:, None].expand(n, ch, h, w)
 
 
 class Extent(Feature):
@@ -245,16 +337,10 @@ class Extent(Feature):
         super().__init__(name, mask, input_index)
 
     def compute(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        mom = _Moments(x, _require_mask(mask, x, self.name))
-        return torch.sqrt(mom.cov.diagonal(dim1=1, dim2=2).sum(-1))
+        return CoordinateMoments(x, _require_mask(mask, x, self.name)).extent()
 
     def closed_form_gradient(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        mom = _Moments(x, _require_mask(mask, x, self.name))
-        trace = mom.cov.diagonal(dim1=1, dim2=2).sum(-1)  # (N,)
-        # d trace / d w_i = (|p_i - mu|^2 - trace) / W
-        dtrace = ((mom.d ** 2).sum(-1) - trace[:, None]) / mom.total[:, None]
-        dw = dtrace / (2 * torch.sqrt(trace))[:, None]
-        return mom.to_input(dw, x.shape)
+        return CoordinateMoments(x, _require_mask(mask, x, self.name)).extent_gradient()
 
 
 class LogAspectRatio(Feature):
@@ -274,34 +360,11 @@ class LogAspectRatio(Feature):
     def __init__(self, mask: Optional[Tensor] = None, name: str = "log_aspect_ratio", input_index: int = 0) -> None:
         super().__init__(name, mask, input_index)
 
-    @staticmethod
-    def _ts(cov: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        a, b, c = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
-        t = (a + c) / 2
-        s = torch.sqrt(((a - c) / 2) ** 2 + b ** 2)
-        return a, b, c, t, s
-
     def compute(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        mom = _Moments(x, _require_mask(mask, x, self.name))
-        _, _, _, t, s = self._ts(mom.cov)
-        return torch.log((t + s) / (t - s))
+        return CoordinateMoments(x, _require_mask(mask, x, self.name)).log_aspect_ratio()
 
     def closed_form_gradient(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        mom = _Moments(x, _require_mask(mask, x, self.name))
-        a, b, c, t, s = self._ts(mom.cov)
-        # LAR = log((t+s)/(t-s)); t = (a+c)/2, s = sqrt(((a-c)/2)^2 + b^2)
-        dls = 2 * t / (t * t - s * s)
-        dlt = -2 * s / (t * t - s * s)
-        da = dlt / 2 + dls * (a - c) / (4 * s)
-        dc = dlt / 2 - dls * (a - c) / (4 * s)
-        db = dls * b / s
-        dr, dcol = mom.d[..., 0], mom.d[..., 1]
-        dw = (
-            da[:, None] * (dr * dr - a[:, None])
-            + dc[:, None] * (dcol * dcol - c[:, None])
-            + db[:, None] * (dr * dcol - b[:, None])
-        ) / mom.total[:, None]
-        return mom.to_input(dw, x.shape)
+        return CoordinateMoments(x, _require_mask(mask, x, self.name)).log_aspect_ratio_gradient()
 
 
 class LinearFeature(Feature):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import GradientAttribution
@@ -64,8 +64,8 @@ class FlowResult:
             ending at ``end_point``. Otherwise None.
         n_nan: Number of NaN entries in ``alignment``.
         n_skipped: ``(N, m)`` points of each path where the squared cosine was undefined
-            (a zero or non-finite feature gradient); the average leaves out the segments
-            touching them (DESIGN 2.1) and is NaN when nothing is left.
+            (a zero or non-finite feature or margin gradient); the average leaves out the
+            segments touching them (DESIGN 2.1) and is NaN when nothing is left.
         feature_names: Name of the feature of each column of ``alignment``.
     """
 
@@ -99,8 +99,9 @@ def _per_example_mask(mask: Any, n: int) -> bool:
 def _margin(output: Tensor, target: TargetType, threshold: float) -> Tensor:
     """:func:`~captum_gradflow._common.decision_margin`, with ``amax`` for the largest other logit.
 
-    ``Tensor.max(dim=...)`` costs about 25 ms per call in this project's torch build, whatever
-    the size (``amax`` takes microseconds), which would dominate small models' steps.
+    ``Tensor.max(dim=...)`` opens a parallel region even for an ``(N, 2)`` tensor; on a busy
+    CPU each such region waits for a time slice (25 ms measured on the project's 2-core
+    machine, against microseconds for ``amax``), once per step.
     """
     n = output.shape[0]
     if output[0].numel() == 1:
@@ -262,7 +263,7 @@ class GradientFlowAlignment(GradientAttribution):
         eps: float = 1e-8,
         return_details: bool = False,
         return_path: bool = False,
-    ) -> Any:
+    ) -> Union[Tensor, FlowResult]:
         r"""Average feature alignment along the gradient flow of the decision margin.
 
         Args:
@@ -398,7 +399,8 @@ class _Flow:
         else:
             self.h = torch.full((n,), float(step_size), dtype=wide, device=dev)
         # Full-batch state; rows that stop are frozen in it.
-        self.x = flat(self.xs[0]) if len(self.xs) == 1 else flat_tuple(self.xs)
+        # A copy: end points and paths must not alias the caller's inputs.
+        self.x = flat(self.xs[0]).clone() if len(self.xs) == 1 else flat_tuple(self.xs)
         self.d = -(self.sigma / norm0)[:, None] * g0  # unit direction of the flow
         self.m = m0.to(wide)
         self.s = self.feats.alignment(g0, norm0 * norm0, self.xs, None).to(wide)

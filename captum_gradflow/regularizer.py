@@ -130,6 +130,10 @@ class AlignmentRegularizer:
             exact, shared-forward mode.
         forward_func: The model, needed when ``fraction < 1``.
         seed: Seed of the subset draws.
+        warmup: Number of calls (training steps) over which the weights ramp linearly up to
+            their full value; 0 (default) applies them at once. On an untrained model the
+            penalty can pull harder than the cross-entropy and stall learning (both classes
+            predicted alike); a few epochs of warm-up avoid that.
 
     Examples::
 
@@ -166,9 +170,10 @@ class AlignmentRegularizer:
         fraction: float = 1.0,
         forward_func: Optional[Callable[..., Tensor]] = None,
         seed: int = 0,
+        warmup: int = 0,
     ) -> None:
         self.features: List[Feature] = _check_features(features)
-        self.weights: List[float] = _check_weights(weights, self.features)
+        self.weights = weights
         if undefined not in _UNDEFINED:
             raise ValueError(f"undefined must be one of {_UNDEFINED}, got {undefined!r}")
         _check_fraction(fraction)
@@ -179,9 +184,27 @@ class AlignmentRegularizer:
         self.undefined = undefined
         self.fraction = float(fraction)
         self.forward_func = forward_func
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be a non-negative int (number of calls), got {warmup!r}")
+        self.warmup = warmup
+        self.calls = 0
         self._generator = torch.Generator().manual_seed(int(seed))
         self.last_alignment: Dict[str, Tensor] = {}
         self.last_undefined: Dict[str, int] = {}
+
+    @property
+    def weights(self) -> List[float]:
+        """Full weight ``lambda_i`` of each feature (settable, e.g. for a schedule)."""
+        return list(self._weights)
+
+    @weights.setter
+    def weights(self, weights: Weights) -> None:
+        self._weights = _check_weights(weights, self.features)
+
+    @property
+    def scale(self) -> float:
+        """Warm-up factor applied to the weights at the next call, in (0, 1]."""
+        return 1.0 if self.warmup == 0 else min(1.0, (self.calls + 1) / self.warmup)
 
     @property
     def requires_input_grad(self) -> bool:
@@ -304,7 +327,8 @@ class AlignmentRegularizer:
 
         total = out.new_zeros(())
         self.last_alignment, self.last_undefined = {}, {}
-        for feature, lam, mask in zip(self.features, self.weights, masks):
+        scale = self.scale
+        for feature, lam, mask in zip(self.features, self._weights, masks):
             i = feature.input_index
             if i >= len(xs) or i not in grad_f:
                 raise ValueError(
@@ -336,9 +360,10 @@ class AlignmentRegularizer:
             if lam == 0.0:
                 continue
             keep = (~undefined).to(s.dtype)
-            total = total + lam * ((1.0 - s) * keep).sum() / keep.sum()
+            total = total + scale * lam * ((1.0 - s) * keep).sum() / keep.sum()
         if not torch.isfinite(total.detach()):
             raise ValueError(f"the alignment penalty is {total.item()} (not finite)")
+        self.calls += 1
         return total
 
     def _report_undefined(self, name: str, count: int, n: int, from_model: int) -> None:
@@ -356,7 +381,7 @@ class AlignmentRegularizer:
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
     def __repr__(self) -> str:
-        terms = ", ".join(f"{f.name}: {w:g}" for f, w in zip(self.features, self.weights))
+        terms = ", ".join(f"{f.name}: {w:g}" for f, w in zip(self.features, self._weights))
         mode = "exact" if self.fraction >= 1.0 else f"subset fraction={self.fraction:g}"
         return f"AlignmentRegularizer({{{terms}}}, {mode})"
 

@@ -151,7 +151,9 @@ def test_compare_to_noise_reuses_one_model_gradient_and_matches_direct_alignment
         calls.append(1)
         return model(x)
 
-    masks = (torch.rand(4, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) > 0.3).double()
+    gen = torch.Generator().manual_seed(3)
+    # Soft masks with holes: m^2 != m, so the masked-noise norms are really tested.
+    masks = torch.rand(4, 1, 6, 6, dtype=torch.float64, generator=gen) * (torch.rand(4, 1, 6, 6, generator=gen) > 0.3)
     fa = FeatureAlignment(forward, [Brightness(), Extent()])
     rep = fa.compare_to_noise(x64, target=[0, 1, 2, 0], mask=masks, n_noise=5, seed=7,
                               noise_mask=masks, smooth_sigma=1.0)

@@ -138,6 +138,33 @@ def test_cli_help_lists_the_demo_options():
     assert proc.returncode == 0, proc.stderr
     for flag in ("--out", "--quick", "--seed"):
         assert flag in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "captum_gradflow", "nonsense"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+
+def test_cli_rejects_unknown_commands(capsys):
+    from captum_gradflow.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["nonsense"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_runs_the_demo_with_its_arguments(demo, monkeypatch, capsys, tmp_path):
+    import captum_gradflow.demo as demo_module
+    from captum_gradflow.__main__ import main
+
+    _, results = demo
+    calls = []
+
+    def fake_run_demo(out, quick, config, progress):
+        calls.append((out, quick, config, progress))
+        return results
+
+    monkeypatch.setattr(demo_module, "run_demo", fake_run_demo)
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--seed", "4", "--no-progress"]) == 0
+    (out, quick, config, progress), = calls
+    assert out == str(tmp_path) and quick and not progress
+    assert config == DemoConfig.quick(seed=4)
+    printed = capsys.readouterr().out
+    assert printed.count("[held]") + printed.count("[did NOT hold]") == len(results["claims"])

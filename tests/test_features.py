@@ -159,7 +159,6 @@ def test_from_callable_without_and_with_mask_and_custom_gradient():
     assert torch.allclose(fast.gradient(x), 2 * x) and calls == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="features.py: _CallableFeature.has_closed_form is always True")
 def test_from_callable_without_gradient_has_no_closed_form():
     energy = Feature.from_callable(lambda t: (t ** 2).flatten(1).sum(1), "energy")
     assert not energy.has_closed_form
@@ -194,3 +193,21 @@ def test_masks_accept_two_and_three_dimensional_forms():
     m2 = torch.rand(8, 8) + 0.1
     assert torch.allclose(Brightness()(x, m2), Brightness()(x, m2[None, None]))
     assert torch.allclose(Brightness()(x, m2.expand(2, 8, 8)), Brightness()(x, m2[None, None]))
+
+
+def test_from_callable_optional_second_parameter_is_not_the_mask():
+    x = torch.rand(2, 1, 8, 8)
+    feat = Feature.from_callable(lambda t, eps=1e-3: t.flatten(1).sum(1) + eps, "shifted")
+    assert not feat.takes_mask
+    torch.testing.assert_close(feat(x, torch.ones(1, 1, 8, 8)), x.flatten(1).sum(1) + 1e-3)
+
+
+def test_closed_form_gradient_of_wrong_shape_is_named():
+    bad = Feature.from_callable(lambda t: t.flatten(1).sum(1), "bad", gradient=lambda t: torch.ones(3))
+    with pytest.raises(ValueError, match="closed-form gradient of feature 'bad' has shape"):
+        bad.gradient(torch.rand(2, 1, 8, 8))
+
+
+def test_image_feature_on_non_image_input_is_named():
+    with pytest.raises(ValueError, match="feature 'brightness' expects images of shape"):
+        Brightness()(torch.rand(4, 10))

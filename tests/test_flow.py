@@ -211,7 +211,23 @@ def test_zero_gradient_at_the_start_gives_nan_and_a_counted_warning():
     assert res.length[[0, 2]].tolist() == [0.0, 0.0]
     assert not res.reached_boundary[[0, 2]].any() and res.reached_boundary[[1, 3]].all()
     torch.testing.assert_close(res.end_point[[0, 2]], x[[0, 2]])
+    assert res.end_point.data_ptr() != x.data_ptr()  # a copy, never a view of the inputs
     assert res.n_steps[[0, 2]].tolist() == [0, 0]
+
+
+def test_per_example_masks_follow_the_active_subset():
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(1, 4, 4, generator=g, dtype=D)
+    x = torch.randn(5, 1, 4, 4, generator=g, dtype=D)
+    masks = torch.rand(5, 1, 4, 4, generator=g, dtype=D) + 0.05
+    model = lambda z: (z * w).sum((1, 2, 3))  # noqa: E731
+    res = GradientFlowAlignment(model, [Brightness()]).attribute(
+        x, mask=masks, step_size=0.2, max_steps=100, return_details=True
+    )
+    assert len(set(res.n_steps.tolist())) > 2 and res.reached_boundary.all()
+    # Brightness's gradient is the example's own mask (scaled), constant on the straight path.
+    expected = torch.tensor([sq_cos(w.flatten(), m.flatten()) for m in masks], dtype=D)
+    torch.testing.assert_close(res.alignment[:, 0], expected)
 
 
 def test_undefined_feature_gradients_are_skipped_and_counted():

@@ -22,6 +22,15 @@ from captum_gradflow import GADWrapper, SmallCNN, digits_pair, train_classifier
 N_TEST = 48  # test images explained (enough for the "most images" claims, fast with IG)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: intra-op threads only fight the other test processes for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fingerprint(model: nn.Module) -> str:
     """Hash of everything GAD promises not to touch: values, flags, modes, hooks."""
     h = hashlib.sha256()
@@ -136,7 +145,7 @@ def test_target_forms_agree(fitted, digits):
 def test_one_vs_all_and_split_push_the_right_logits_apart(three_classes):
     d, net = three_classes
     x, y = d.x_test, d.y_test
-    gad = GADWrapper(Saliency(net), epochs=4, lr=1e-3, progress=False)
+    gad = GADWrapper(Saliency(net), n_support=2, epochs=2, lr=1e-3, progress=False)
     gad.fit((d.x_train, d.y_train), one_vs_all=0)
     before, after = net(x).detach(), gad.support_models[-1](x).detach()
     alpha = float(gad.alphas[-1])
@@ -144,10 +153,10 @@ def test_one_vs_all_and_split_push_the_right_logits_apart(three_classes):
     # class-0 images: class 0 rises against both others; other images: they rise against 0
     for c in (1, 2):
         grow = (after[zero, 0] - after[zero, c]) - (before[zero, 0] - before[zero, c])
-        assert grow.mean() > 0.5 * alpha
+        assert grow.mean() > 0.8 * alpha
     grow_rest = (after[rest].gather(1, y[rest, None]) - after[rest, :1]) - (
         before[rest].gather(1, y[rest, None]) - before[rest, :1])
-    assert grow_rest.mean() > 0.5 * alpha
+    assert grow_rest.mean() > 0.8 * alpha
     assert gad.attribute(x[:4], target=y[:4]).shape == x[:4].shape
 
     gad.fit((d.x_train, d.y_train), split=((0,), (1, 2)))
@@ -156,7 +165,7 @@ def test_one_vs_all_and_split_push_the_right_logits_apart(three_classes):
     one = y == 1
     across = ((after[one, 1] - after[one, 0]) - (before[one, 1] - before[one, 0])).mean()
     within = ((after[one, 1] - after[one, 2]) - (before[one, 1] - before[one, 2])).mean()
-    assert across > 0.5 * alpha and across > within + 0.3 * alpha
+    assert across > 0.8 * alpha and abs(within) < 0.3 * alpha  # the gap within a group is kept
 
     gad.fit((d.x_train, d.y_train))  # default split by 2-means on the class-mean logits
     assert gad.plan.strategy == "split" and sorted(gad.plan.groups[0] + gad.plan.groups[1]) == [0, 1, 2]

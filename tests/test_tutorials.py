@@ -54,6 +54,8 @@ def test_notebook_executes(path):
     executable, package = nb.cells[-1].outputs[0]["text"].split()
     assert Path(executable) == Path(sys.executable)
     assert Path(package).resolve() == ROOT / "captum_gradflow" / "__init__.py"
-    # Each notebook shows at least one figure or table as output.
-    kinds = {k for c in nb.cells if c.cell_type == "code" for o in c.outputs for k in o.get("data", {})}
-    assert kinds & {"image/png", "text/plain", "text/markdown"}
+    outputs = [o for c in nb.cells[:-1] if c.cell_type == "code" for o in c.outputs]
+    assert outputs, f"{path.name} printed and showed nothing"
+    # A notebook that draws a figure must show it inline as an image.
+    if any("plot_" in c.source for c in nb.cells if c.cell_type == "code"):
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name} shows no figure"

@@ -84,12 +84,18 @@ class Hulls:
         )
 
 
-def component_hulls(labels: np.ndarray, n_labels: int) -> Tuple[Hulls, "Trapezoids"]:
-    """Hulls of components ``1..n_labels`` of a 2-D label image, and their row trapezoids."""
+def component_hulls(
+    labels: np.ndarray, inside: np.ndarray, n_labels: int
+) -> Tuple[Hulls, "Trapezoids"]:
+    """Hulls of components ``1..n_labels`` of a 2-D label image, and their row trapezoids.
+
+    ``labels`` and the bool ``inside = labels > 0`` carry one empty column on each side;
+    the coordinates returned are those of the image without them.
+    """
     if n_labels == 0:
         z = np.zeros(0, dtype=I64)
         return Hulls(z, z, z, z, z, z, z, z), Trapezoids.empty()
-    lab, row, xl, xr = _row_spans(labels)
+    lab, row, xl, xr = _row_spans(labels, inside)
     top = row[np.r_[True, lab[1:] != lab[:-1]]]
     x, y, cid = _chains(lab, row, xl, xr)
     x, y, cid = _prune(x, y, cid)
@@ -109,15 +115,13 @@ def _integral_x_dy(x: np.ndarray, y: np.ndarray, k: np.ndarray, n: int) -> np.nd
     return np.bincount(k[:-1][same], weights=term[same], minlength=n).astype(I64)
 
 
-def _row_spans(labels: np.ndarray) -> Tuple[np.ndarray, ...]:
+def _row_spans(labels: np.ndarray, inside: np.ndarray) -> Tuple[np.ndarray, ...]:
     """Per (label, row), sorted by label then row: the left edge and the right edge."""
-    n_rows, w = labels.shape
-    # Runs of a row alternate start (+1) and end (-1) in the padded row's differences.
-    padded = np.zeros((n_rows, w + 2), dtype=np.int8)
-    padded[:, 1:-1] = labels > 0
-    edge = np.flatnonzero(np.diff(padded, axis=1) != 0)  # bool is nonzero's fast path
+    n_rows, w = labels.shape[0], labels.shape[1] - 2
+    # In a row padded with empty columns, runs start and end alternately where it changes.
+    edge = np.flatnonzero(inside[:, 1:] ^ inside[:, :-1])
     row, start, stop = edge[0::2] // (w + 1), edge[0::2] % (w + 1), edge[1::2] % (w + 1)
-    lab = labels[row, start].astype(I64)
+    lab = labels[row, start + 1].astype(I64)
     # Stable sort by label keeps raster order inside a label: rows ascend, columns ascend.
     order = np.argsort(lab, kind="stable")
     lab, row, start, stop = lab[order], row[order], start[order], stop[order]
@@ -230,18 +234,25 @@ def _trapezoids(lx, ly, lk, rx, ry, rk) -> Trapezoids:
     return Trapezoids(hull, row, l0, l1, dl, r0, r1, dr)
 
 
-def rasterise(t: Trapezoids, n: int, h: int, w: int) -> np.ndarray:
-    """``(n, h, w)`` bool: pixels whose centre lies inside or on a hull.
+def rasterise(t: Trapezoids, examples: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``(len(examples), h, w)`` bool: pixels whose centre lies inside or on a hull.
 
-    At the pixel-centre height the left boundary is ``(l0 + l1) / (2 dl)``; pixel ``c`` is in
-    when ``c + 1/2`` is between the two boundaries, decided in integers.
+    ``examples`` are positions in the stacked image (example ``i`` starts at row
+    ``i * (h + 1)``). At the pixel-centre height the left boundary is ``(l0 + l1) / (2 dl)``;
+    pixel ``c`` is in when ``c + 1/2`` lies between the two boundaries, decided in integers.
     """
+    n = len(examples)
     mask = np.zeros(n * h * w, dtype=bool)
-    if len(t.hull):
-        nl, nr = t.l0 + t.l1 - t.dl, t.r0 + t.r1 - t.dr
-        c0 = np.clip(-((-nl) // (2 * t.dl)), 0, w)
-        c1 = np.clip(nr // (2 * t.dr) + 1, 0, w)
-        start = ((t.row // (h + 1)) * h + t.row % (h + 1)) * w + c0
+    if len(t.hull) and n:
+        where = np.full(int(max(examples.max(), t.row.max() // (h + 1))) + 1, -1, dtype=I64)
+        where[examples] = np.arange(n)
+        slot = where[t.row // (h + 1)]
+        sel = slot >= 0
+        nl = t.l0[sel] + t.l1[sel] - t.dl[sel]
+        nr = t.r0[sel] + t.r1[sel] - t.dr[sel]
+        c0 = np.clip(-((-nl) // (2 * t.dl[sel])), 0, w)
+        c1 = np.clip(nr // (2 * t.dr[sel]) + 1, 0, w)
+        start = (slot[sel] * h + t.row[sel] % (h + 1)) * w + c0
         length = np.maximum(c1 - c0, 0)
         # fill each row run directly: work grows with the covered pixels, not the image
         run_start = np.cumsum(length) - length

@@ -13,7 +13,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_gradflow.metrics.regions import Reduce, Regions, attribution_regions
+from captum_gradflow.metrics.regions import (
+    REDUCTIONS,
+    Reduce,
+    Regions,
+    as_map_tensor,
+    check_region_args,
+    reduced_maps,
+    regions_of_maps,
+)
 
 __all__ = ["RegionComplexity", "region_complexity"]
 
@@ -124,32 +132,28 @@ def region_complexity(
     )
 
 
-def _both_regions(attr: MapsOrRegions, reference: MapsOrRegions, **kwargs) -> "tuple[Regions, Regions]":
-    """Regions of both; two maps of one shape are processed in a single batched call."""
-    if isinstance(attr, np.ndarray):
-        attr = torch.from_numpy(attr)
-    if isinstance(reference, np.ndarray):
-        reference = torch.from_numpy(reference)
-    if (
-        isinstance(attr, Tensor) and isinstance(reference, Tensor)
-        and attr.dim() in (3, 4) and reference.dim() in (3, 4)
-    ):
-        if attr.shape != reference.shape:
-            raise ValueError(
-                f"attr and reference maps differ in shape: {tuple(attr.shape)} vs "
-                f"{tuple(reference.shape)}"
-            )
-        n = attr.shape[0] if attr.dim() else 0
-        both = attribution_regions(
-            torch.cat([attr.detach(), reference.detach().to(attr.device, attr.dtype)]), **kwargs
-        )
-        return both[:n], both[n:]
-    out = []
-    for name, m in (("attr", attr), ("reference", reference)):
-        if isinstance(m, Regions):
+def _both_regions(
+    attr: MapsOrRegions, reference: MapsOrRegions, reduce: Reduce, **kwargs
+) -> "tuple[Regions, Regions]":
+    """Regions of both; two sets of maps are reduced into one buffer and processed together."""
+    check_region_args(**kwargs)
+    if isinstance(attr, Regions) or isinstance(reference, Regions):
+        out = []
+        for m, name in ((attr, "attr"), (reference, "reference")):
+            if not isinstance(m, Regions):
+                m = regions_of_maps(reduced_maps(as_map_tensor(m, name), reduce), **kwargs)
             out.append(m)
-        elif isinstance(m, Tensor):
-            out.append(attribution_regions(m, **kwargs))
-        else:
-            raise TypeError(f"{name} must be a Tensor, numpy array or Regions, got {type(m).__name__}")
-    return out[0], out[1]
+        return out[0], out[1]
+    a, r = as_map_tensor(attr, "attr"), as_map_tensor(reference, "reference")
+    if (a.shape[0], *a.shape[-2:]) != (r.shape[0], *r.shape[-2:]):
+        raise ValueError(
+            f"attr and reference maps differ in shape: {tuple(a.shape)} vs {tuple(r.shape)} "
+            "(need the same N, H and W)"
+        )
+    n, h, w = a.shape[0], a.shape[-2], a.shape[-1]
+    wide = torch.float64 in (a.dtype, r.dtype) or not (isinstance(reduce, str) and reduce in REDUCTIONS)
+    buffer = np.empty((2 * n, h, w), dtype=np.float64 if wide else np.float32)
+    reduced_maps(a, reduce, out=buffer[:n])
+    reduced_maps(r, reduce, out=buffer[n:])
+    both = regions_of_maps(buffer, **kwargs)
+    return both[:n], both[n:]

@@ -6,15 +6,16 @@ is therefore a unit square and a one-pixel-wide line a rectangle of its true are
 degenerate polygon of area 0.
 
 Everything is batched over examples: the kept pixels of all maps are labelled in one
-scikit-image call (maps stacked with an empty row between them) and the hulls of all
-components are computed together in exact integer arithmetic (``_hulls``); shapely is used
-for the polygons handed to the user and for the exact union of the few hulls that overlap.
+scikit-image call (maps stacked with an empty row between them and an empty column on each
+side), and the hulls of all components are computed together in exact integer arithmetic
+(``_hulls``). Shapely builds the polygons handed to the user, on first access; the areas do
+not need it.
 """
 from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import shapely
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from captum_gradflow.metrics._hulls import (
     Hulls,
+    Trapezoids,
     component_hulls,
     overlapping_pairs,
     rasterise,
@@ -34,7 +36,8 @@ from captum_gradflow.metrics._hulls import (
 __all__ = ["Regions", "attribution_regions", "reduce_channels"]
 
 Reduce = Union[str, Callable[[Tensor], Tensor]]
-_REDUCTIONS = ("sum_abs", "sum", "max_abs", "none")
+MapsLike = Union[Tensor, np.ndarray, Sequence[Tensor]]
+REDUCTIONS = ("sum_abs", "sum", "max_abs", "none")
 
 
 class Regions:
@@ -45,14 +48,15 @@ class Regions:
         n_regions: ``(N,)`` int64, number of regions (components kept) per example.
         kept: ``(N, H, W)`` bool, the kept pixels (top-q or above threshold, after
             ``min_size``).
-        mask: ``(N, H, W)`` bool, the rasterised union of hulls: a pixel belongs to it when
-            its centre lies inside or on a hull. It covers every kept pixel.
         notes: Per example, ``""`` or why its regions are degenerate (an all-zero map, a
             constant map whose pixels all tie).
+        mask: ``(N, H, W)`` bool, the rasterised union of hulls: a pixel belongs to it when
+            its centre lies inside or on a hull, so it covers every kept pixel. Built on
+            first access.
         polygons: Per example, the list of hull polygons (shapely), one per region, in
             pixel-corner coordinates (x = column, y = row). Built on first access.
-        unions: Per example, the union of its hulls (shapely; empty where there is none).
-            Built on first access.
+        unions: Per example, the union of its hulls (shapely; an empty geometry where there
+            is none). Built on first access.
 
     Indexing with an int or a slice gives the regions of those examples.
     """
@@ -62,20 +66,20 @@ class Regions:
         area: Tensor,
         n_regions: Tensor,
         kept: Tensor,
-        mask: Tensor,
         notes: List[str],
         hulls: Hulls,
+        trapezoids: Trapezoids,
         first_hull: np.ndarray,
-        row0: np.ndarray,
+        stacked_index: np.ndarray,
     ) -> None:
         self.area = area
         self.n_regions = n_regions
         self.kept = kept
-        self.mask = mask
         self.notes = notes
         self._hulls = hulls
+        self._trapezoids = trapezoids
         self._first_hull = first_hull  # index of each example's first hull
-        self._row0 = row0  # each example's first row in the stacked label image
+        self._stacked_index = stacked_index  # each example's position in the stacked image
 
     def __len__(self) -> int:
         return len(self.notes)
@@ -89,15 +93,20 @@ class Regions:
     @property
     def shape(self) -> torch.Size:
         """``(N, H, W)`` of the maps the regions came from."""
-        return self.mask.shape
+        return self.kept.shape
+
+    @cached_property
+    def mask(self) -> Tensor:
+        _, h, w = self.kept.shape
+        return torch.from_numpy(rasterise(self._trapezoids, self._stacked_index, h, w))
 
     @cached_property
     def polygons(self) -> List[List[BaseGeometry]]:
         counts = self.n_regions.numpy()
-        idx = np.repeat(self._first_hull - np.r_[0, np.cumsum(counts)[:-1]], counts)
-        idx = idx + np.arange(int(counts.sum()))
-        polys = self._hulls.polygons(idx, np.repeat(self._row0, counts))
         bounds = np.r_[0, np.cumsum(counts)]
+        idx = np.repeat(self._first_hull - bounds[:-1], counts) + np.arange(int(bounds[-1]))
+        row0 = self._stacked_index * (self.kept.shape[1] + 1)
+        polys = self._hulls.polygons(idx, np.repeat(row0, counts))
         return [polys[bounds[i]:bounds[i + 1]].tolist() for i in range(len(self))]
 
     @cached_property
@@ -108,17 +117,23 @@ class Regions:
         ]
 
     def __getitem__(self, idx: Union[int, slice]) -> "Regions":
-        if isinstance(idx, int):
-            n = len(self)
+        n = len(self)
+        if isinstance(idx, int) and not isinstance(idx, bool):
             if not -n <= idx < n:
                 raise IndexError(f"example index {idx} is out of range for {n} examples")
             idx = slice(idx % n, idx % n + 1)
         if not isinstance(idx, slice):
             raise TypeError(f"Regions can be indexed by an int or a slice, got {type(idx).__name__}")
-        return Regions(
-            self.area[idx], self.n_regions[idx], self.kept[idx], self.mask[idx],
-            self.notes[idx], self._hulls, self._first_hull[idx], self._row0[idx],
+        pick = np.arange(n)[idx]
+        # a slice of a tensor is a view: no copy of the (N, H, W) pixel tensors
+        out = Regions(
+            self.area[idx], self.n_regions[idx], self.kept[idx],
+            [self.notes[i] for i in pick], self._hulls, self._trapezoids,
+            self._first_hull[pick], self._stacked_index[pick],
         )
+        if "mask" in self.__dict__:  # already rasterised: share it
+            out.__dict__["mask"] = self.__dict__["mask"][idx]
+        return out
 
 
 def reduce_channels(attr: Tensor, reduce: Reduce = "sum_abs") -> Tensor:
@@ -163,11 +178,11 @@ def reduce_channels(attr: Tensor, reduce: Reduce = "sum_abs") -> Tensor:
         if attr.shape[1] != 1:
             raise ValueError(f'reduce="none" needs one channel, got {attr.shape[1]}')
         return attr[:, 0]
-    raise ValueError(f"reduce must be one of {_REDUCTIONS} or a callable, got {reduce!r}")
+    raise ValueError(f"reduce must be one of {REDUCTIONS} or a callable, got {reduce!r}")
 
 
 def attribution_regions(
-    attr: Union[Tensor, np.ndarray],
+    attr: MapsLike,
     q: float = 0.2,
     threshold: Optional[float] = None,
     connectivity: int = 2,
@@ -179,7 +194,8 @@ def attribution_regions(
     Per example: reduce channels, keep the top ``q`` fraction of pixels (or, with
     ``threshold``, those above it), label the connected components of the kept pixels
     (scikit-image), drop components of fewer than ``min_size`` pixels, and take the convex
-    hull of each component's pixel squares (shapely).
+    hull of each component's pixel squares (exact integer geometry, batched over all
+    components; shapely polygons on request).
 
     A pixel is kept only where the reduced value is strictly positive, so an exactly-zero
     pixel is never kept (an already sparse map, such as a GAD map, keeps only its support)
@@ -199,9 +215,9 @@ def attribution_regions(
         reduce: Channel reduction, see :func:`reduce_channels`.
 
     Returns:
-        :class:`Regions`: per example the hull polygons, their union and its exact area, the
-        number of regions, the kept pixels and the rasterised union as ``(N, H, W)`` bool
-        tensors.
+        :class:`Regions`: per example the exact area of the union of hulls, the number of
+        regions and the kept pixels; the rasterised union (``mask``, ``(N, H, W)`` bool), the
+        hull polygons and their union (shapely) are built on first access.
 
     Examples::
 
@@ -213,143 +229,169 @@ def attribution_regions(
         >>> regions.n_regions.tolist(), regions.area.tolist()  # hull of the L: 3.5
         ([1], [3.5])
     """
-    maps = _validated_maps(attr, q, threshold, connectivity, min_size, reduce)
-    n, h, w = maps.shape
-    kept, notes = _keep_pixels(maps, q, threshold)
-    labels, n_labels = _label(kept, connectivity, min_size)
-    if min_size > 1:
-        kept = labels.reshape(n, h + 1, w)[:, :h] > 0
-    hulls, trapezoids = component_hulls(labels, n_labels)
-    # Labels follow the raster order of the stacked maps: each example owns a contiguous range.
-    example_of_hull = hulls.top // (h + 1)
-    counts = np.bincount(example_of_hull, minlength=n).astype(np.int64)
-    first = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
-    row0 = np.arange(n, dtype=np.int64) * (h + 1)
-    area = np.bincount(example_of_hull, weights=hulls.area2, minlength=n) / 2.0
-    # Where hulls overlap, subtract the doubly counted area (exact, per row of pixels).
-    rows, correction = union_correction(trapezoids, *overlapping_pairs(trapezoids))
-    area += np.bincount(rows // (h + 1), weights=correction, minlength=n)
-    return Regions(
-        area=torch.as_tensor(area, dtype=torch.float64),
-        n_regions=torch.from_numpy(counts),
-        kept=torch.from_numpy(kept),
-        mask=torch.from_numpy(rasterise(trapezoids, n, h, w)),
-        notes=notes,
-        hulls=hulls,
-        first_hull=first,
-        row0=row0,
-    )
+    check_region_args(q, threshold, connectivity, min_size)
+    return regions_of_maps(reduced_maps(attr, reduce), q, threshold, connectivity, min_size)
 
 
-def _validated_maps(
-    attr: Union[Tensor, np.ndarray, Sequence[Tensor]],
-    q: float,
-    threshold: Optional[float],
-    connectivity: int,
-    min_size: int,
-    reduce: Reduce,
-) -> np.ndarray:
-    """Check every argument before any work, and return the reduced ``(N, H, W)`` maps."""
+def check_region_args(q: float, threshold: Optional[float], connectivity: int, min_size: int) -> None:
+    """Raise a clear error for a bad region argument, before any work is done."""
+    if threshold is None:
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q <= 1.0:
+            raise ValueError(f"q must be a fraction in (0, 1], got {q!r}")
+    elif (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold) or threshold < 0
+    ):
+        raise ValueError(f"threshold must be a finite non-negative number, got {threshold!r}")
+    if connectivity not in (1, 2) or isinstance(connectivity, bool):
+        raise ValueError(f"connectivity must be 1 or 2 for 2-D maps, got {connectivity!r}")
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
+        raise ValueError(f"min_size must be an int >= 1, got {min_size!r}")
+
+
+def as_map_tensor(attr: MapsLike, name: str = "attr") -> Tensor:
+    """A map tensor ``(N, H, W)`` or ``(N, C, H, W)`` from a tensor, array or 1-tuple."""
     if isinstance(attr, (tuple, list)):
         if len(attr) != 1:
             raise ValueError(
-                f"attribution_regions takes one map tensor; got a tuple of {len(attr)} "
-                "(call it once per input)"
+                f"{name}: expected one map tensor, got a tuple of {len(attr)} "
+                "(give the maps of one input at a time)"
             )
         attr = attr[0]
     if isinstance(attr, np.ndarray):
         attr = torch.from_numpy(attr)
     if not isinstance(attr, Tensor):
-        raise TypeError(f"attr must be a Tensor or numpy array, got {type(attr).__name__}")
-    if not attr.is_floating_point():
-        attr = attr.double()
-    if threshold is None:
-        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q <= 1.0:
-            raise ValueError(f"q must be a fraction in (0, 1], got {q!r}")
-    elif not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold < 0:
-        raise ValueError(f"threshold must be a finite non-negative number, got {threshold!r}")
-    if connectivity not in (1, 2):
-        raise ValueError(f"connectivity must be 1 or 2 for 2-D maps, got {connectivity!r}")
-    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
-        raise ValueError(f"min_size must be an int >= 1, got {min_size!r}")
+        raise TypeError(f"{name} must be a Tensor or numpy array, got {type(attr).__name__}")
     if attr.dim() not in (3, 4):
         raise ValueError(
-            f"attribution maps must have shape (N, H, W) or (N, C, H, W), got {tuple(attr.shape)}"
+            f"{name}: attribution maps must have shape (N, H, W) or (N, C, H, W), got "
+            f"{tuple(attr.shape)}"
         )
     if attr.shape[-1] == 0 or attr.shape[-2] == 0:
-        raise ValueError(f"attribution maps are empty, shape {tuple(attr.shape)}")
-    attr = attr.detach()
-    if isinstance(reduce, str) and reduce in _REDUCTIONS:
-        # numpy for the built-in reductions: these small ops run single-threaded there, which
-        # is faster than torch's thread pool on a busy CPU
-        a = attr.to(device="cpu", dtype=attr.dtype if attr.dtype == torch.float64 else torch.float32)
-        a = a.numpy()
+        raise ValueError(f"{name}: attribution maps are empty, shape {tuple(attr.shape)}")
+    return attr.detach()
+
+
+def reduced_maps(attr: MapsLike, reduce: Reduce, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Channel-reduced ``(N, H, W)`` numpy maps, checked finite (written to ``out`` if given).
+
+    The built-in reductions run in numpy: these passes are short, and numpy's single thread
+    beats torch's thread pool on a busy CPU.
+    """
+    attr = as_map_tensor(attr)
+    if isinstance(reduce, str) and reduce in REDUCTIONS:
+        dtype = torch.float64 if attr.dtype == torch.float64 else torch.float32
+        a = attr.to(device="cpu", dtype=dtype).numpy()
         a = a[:, None] if a.ndim == 3 else a
         if reduce == "none" and a.shape[1] != 1:
             raise ValueError(f'reduce="none" needs one channel, got {a.shape[1]}')
-        if a.shape[1] == 1:
-            maps = np.abs(a[:, 0]) if reduce in ("sum_abs", "max_abs") else a[:, 0].copy()
-        elif reduce == "sum_abs":
-            maps = np.abs(a).sum(1)
-        elif reduce == "max_abs":
-            maps = np.abs(a).max(1)
+        if reduce in ("sum_abs", "max_abs"):
+            maps = np.abs(a[:, 0], out=out) if a.shape[1] == 1 else None
+            if maps is None:
+                maps = np.abs(a).sum(1, out=out) if reduce == "sum_abs" else np.abs(a).max(1, out=out)
         else:
-            maps = a.sum(1)
+            maps = a[:, 0] if a.shape[1] == 1 else a.sum(1)
+            if out is not None:
+                np.copyto(out, maps)
+                maps = out
     else:
         maps = reduce_channels(attr, reduce).to(device="cpu", dtype=torch.float64).numpy()
-    finite = np.isfinite(maps)
-    if not finite.all():
-        bad = np.flatnonzero(~finite.reshape(len(maps), -1).all(1)).tolist()
-        raise ValueError(
-            f"attribution maps contain {int((~finite).sum())} NaN or Inf values "
-            f"(examples {bad}); regions are undefined there"
-        )
+        if out is not None:
+            np.copyto(out, maps)
+            maps = out
+    if not np.isfinite(maps.sum(dtype=np.float64)):  # one cheap pass; details only if needed
+        bad = ~np.isfinite(maps)
+        if bad.any():
+            examples = np.flatnonzero(bad.reshape(len(maps), -1).any(1)).tolist()
+            raise ValueError(
+                f"attribution maps contain {int(bad.sum())} NaN or Inf values (examples "
+                f"{examples}); regions are undefined there"
+            )
     return maps
 
 
-def _keep_pixels(
-    maps: np.ndarray, q: float, threshold: Optional[float]
-) -> "tuple[np.ndarray, List[str]]":
+def regions_of_maps(
+    maps: np.ndarray, q: float, threshold: Optional[float], connectivity: int, min_size: int
+) -> Regions:
+    """:func:`attribution_regions` of reduced ``(N, H, W)`` maps (arguments already checked)."""
     n, h, w = maps.shape
-    flat = maps.reshape(n, h * w)
+    kept, notes = _keep_pixels(maps, q, threshold)
+    labels, inside, n_labels = _label(kept, connectivity, min_size)
+    if min_size > 1:
+        kept = inside.reshape(n, h + 1, w + 2)[:, :h, 1:-1]
+    hulls, trapezoids = component_hulls(labels, inside, n_labels)
+    # Labels follow the raster order of the stacked maps: each example owns a contiguous range.
+    example_of_hull = hulls.top // (h + 1)
+    counts = np.bincount(example_of_hull, minlength=n).astype(np.int64)
+    area = np.bincount(example_of_hull, weights=hulls.area2, minlength=n) / 2.0
+    # Where hulls overlap, subtract the doubly counted area (exact, per row of pixels).
+    rows, correction = union_correction(trapezoids, *overlapping_pairs(trapezoids))
+    area += np.bincount(rows // (h + 1), weights=correction, minlength=n)
+    return Regions(
+        area=torch.from_numpy(area),
+        n_regions=torch.from_numpy(counts),
+        kept=torch.from_numpy(np.ascontiguousarray(kept)),
+        notes=notes,
+        hulls=hulls,
+        trapezoids=trapezoids,
+        first_hull=np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64),
+        stacked_index=np.arange(n, dtype=np.int64),
+    )
+
+
+def _keep_pixels(maps: np.ndarray, q: float, threshold: Optional[float]) -> Tuple[np.ndarray, List[str]]:
+    n, h, w = maps.shape
+    hw = h * w
+    flat = maps.reshape(n, hw)
+    positive = flat > 0
+    k = hw
     if threshold is not None:
         kept = flat > threshold
+    elif n:
+        # The k-th largest value by partial sort; ties with it are all kept, so the choice
+        # is deterministic and translation invariant. Pixels that can never be kept get
+        # distinct negative values first: a sparse map's many equal zeros would otherwise
+        # make the selection crawl.
+        k = max(1, math.ceil(q * hw - 1e-9))
+        distinct = np.where(positive, flat, -1.0 - np.arange(hw, dtype=flat.dtype))
+        distinct.partition(hw - k, axis=1)  # in place: distinct is ours
+        cut = distinct[:, hw - k]
+        kept = flat >= cut[:, None]
+        few = cut <= 0  # fewer positive pixels than k: keep exactly the positive ones
+        kept[few] = positive[few]
     else:
-        # The k-th largest value by partial sort; ties with it are kept, so ranking is
-        # deterministic and translation invariant.
-        k = max(1, math.ceil(q * h * w - 1e-9))
-        # Pixels that can never be kept get distinct negative values first: a sparse map's
-        # many equal zeros would otherwise make the selection crawl.
-        distinct = np.where(flat > 0, flat, -1.0 - np.arange(h * w, dtype=flat.dtype))
-        cut = np.partition(distinct, h * w - k, axis=1)[:, h * w - k] if n else np.zeros(0)
-        kept = (flat >= cut[:, None]) & (flat > 0)
-    hi, lo = (flat.max(1), flat.min(1)) if n else (np.zeros(0), np.zeros(0))
+        kept = positive
+    n_kept = kept.sum(1)
+    any_positive = positive.any(1)
     notes = []
     for i in range(n):
-        if hi[i] <= 0:
+        if not any_positive[i]:
             notes.append("map has no positive value (all-zero map): no region")
-        elif not kept[i].any():
+        elif n_kept[i] == 0:
             notes.append(f"no pixel above threshold {threshold}: no region")
-        elif hi[i] == lo[i]:
+        elif (n_kept[i] > k or n_kept[i] == hw) and (flat[i] == flat[i, 0]).all():
             notes.append("constant map: every pixel ties, all kept")
         else:
             notes.append("")
     return kept.reshape(n, h, w), notes
 
 
-def _label(kept: np.ndarray, connectivity: int, min_size: int) -> "tuple[np.ndarray, int]":
-    """Label all maps in one call: stacked vertically with an empty row between them."""
+def _label(kept: np.ndarray, connectivity: int, min_size: int) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Label all maps in one call, stacked with an empty row below each and empty side columns.
+
+    Returns the labels, the bool image of labelled pixels (same layout) and their count.
+    """
     n, h, w = kept.shape
-    stacked = np.zeros((n, h + 1, w), dtype=bool)
-    stacked[:, :h] = kept
-    labels, n_labels = _label_components(
-        stacked.reshape(n * (h + 1), w), connectivity=connectivity, return_num=True
-    )
+    inside = np.zeros((n, h + 1, w + 2), dtype=bool)
+    inside[:, :h, 1:-1] = kept
+    inside = inside.reshape(n * (h + 1), w + 2)
+    labels, n_labels = _label_components(inside, connectivity=connectivity, return_num=True)
     if min_size > 1 and n_labels:
         sizes = np.bincount(labels.ravel(), minlength=n_labels + 1)
         keep = sizes >= min_size
         keep[0] = False
         remap = np.cumsum(keep) * keep  # dropped -> 0, kept -> consecutive labels
         labels = remap[labels]
+        inside = labels > 0
         n_labels = int(keep.sum())
-    return labels, int(n_labels)
+    return labels, inside, int(n_labels)

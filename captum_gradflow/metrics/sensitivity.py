@@ -153,10 +153,11 @@ def region_sensitivity(
         [48.0]
     """
     xs, was_tuple = format_inputs(inputs)
+    baselines = _baselines(baseline, xs)
     masks = _masks_for(regions, xs, was_tuple, region_kwargs)
     fraction = _fraction(masks, xs)
     scores = _scores_with_occlusions(
-        forward_func, xs, [masks], _baselines(baseline, xs), target, score,
+        forward_func, xs, [masks], baselines, target, score,
         additional_forward_args, max_examples_per_batch,
     )
     details = _rs(scores[0], scores[1], fraction)
@@ -226,13 +227,14 @@ def compare_region_sensitivity(
     if alternative not in ("greater", "less", "two-sided"):
         raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
     xs, was_tuple = format_inputs(inputs)
+    baselines = _baselines(baseline, xs)
     gad = _masks_for(gad_attr, xs, was_tuple, region_kwargs, name="gad_attr")
     base = _masks_for(base_attr, xs, was_tuple, region_kwargs, name="base_attr")
     rest = tuple(
         None if b is None else (b if g is None else b & ~g) for g, b in zip(gad, base)
     )
     scores = _scores_with_occlusions(
-        forward_func, xs, [gad, rest], _baselines(baseline, xs), target, score,
+        forward_func, xs, [gad, rest], baselines, target, score,
         additional_forward_args, max_examples_per_batch,
     )
     rs_gad = _rs(scores[0], scores[1], _fraction(gad, xs))
@@ -332,16 +334,26 @@ def _baselines(baseline: Any, xs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
     if isinstance(baseline, tuple):
         if len(baseline) != len(xs):
             raise ValueError(f"baseline tuple has {len(baseline)} entries for {len(xs)} inputs")
-        return tuple(_baseline(b, x) for b, x in zip(baseline, xs))
-    return tuple(_baseline(baseline, x) for x in xs)
+        return tuple(_baseline(b, x, i, len(xs)) for i, (b, x) in enumerate(zip(baseline, xs)))
+    return tuple(_baseline(baseline, x, i, len(xs)) for i, x in enumerate(xs))
 
 
-def _baseline(b: BaselineType, x: Tensor) -> Tensor:
-    """A tensor broadcastable to ``x``: per-example (leading dim N) or shared."""
+def _baseline(b: BaselineType, x: Tensor, index: int, n_inputs: int) -> Tensor:
+    """A tensor broadcastable to ``x`` (per-example when its leading dim is N); checks ``x``.
+
+    The per-example means double as the finiteness check of the inputs: NaN or Inf shows in
+    them, so the inputs are read once more only to name the problem.
+    """
+    if x.dim() < 3:
+        raise ValueError(f"inputs must be images (N, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
+    x = x.detach()
+    means = x.mean(dim=(-2, -1), keepdim=True) if x.is_floating_point() else None
+    if means is not None and not torch.isfinite(means).all():
+        check_finite((x,), "inputs" if n_inputs == 1 else f"inputs[{index}]")
     if isinstance(b, str):
         if b != "mean":
             raise ValueError(f'baseline must be "mean", a number or a tensor, got {b!r}')
-        return x.detach().mean(dim=(-2, -1), keepdim=True)
+        return means if means is not None else x.double().mean(dim=(-2, -1), keepdim=True)
     if isinstance(b, bool) or not isinstance(b, (int, float, Tensor)):
         raise TypeError(f'baseline must be "mean", a number or a tensor, got {type(b).__name__}')
     t = torch.as_tensor(b, dtype=x.dtype, device=x.device).detach()
@@ -401,10 +413,11 @@ def _scores_with_occlusions(
 ) -> Tensor:
     """Scores ``(1 + M, N)``: row 0 the clean inputs, row m the m-th occlusion set.
 
-    Rows of all copies are laid end to end and cut into forward passes of at most
-    ``max_examples_per_batch`` rows, so a pass mixes clean and occluded copies freely.
+    The rows of all copies are laid end to end (copy-major) and cut into forward passes of
+    at most ``max_examples_per_batch`` rows; each pass is assembled from contiguous slices
+    (views for the clean copy, one ``torch.where`` per occluded piece), so the only work
+    besides the forward passes is writing the occluded pixels once.
     """
-    check_finite(xs)
     if isinstance(score, str) and score not in ("margin", "probability"):
         raise ValueError(f'score must be "margin", "probability" or a callable, got {score!r}')
     if max_examples_per_batch is not None and (
@@ -414,38 +427,42 @@ def _scores_with_occlusions(
     ):
         raise ValueError(f"max_examples_per_batch must be a positive int, got {max_examples_per_batch!r}")
     n = xs[0].shape[0]
-    copies = 1 + len(mask_sets)
-    # (copies, N, H, W) per input; copy 0 (clean) occludes nothing
-    stacked = []
-    for j, x in enumerate(xs):
-        ms = [s[j] for s in mask_sets]
-        if all(m is None for m in ms):
-            stacked.append(None)
-            continue
-        empty = torch.zeros(n, *x.shape[-2:], dtype=torch.bool, device=x.device)
-        stacked.append(torch.stack([empty] + [empty if m is None else m for m in ms]))
-    extra = format_additional_args(additional_forward_args)
-    rows = copies * n
+    rows = (1 + len(mask_sets)) * n
     step = rows if max_examples_per_batch is None else max_examples_per_batch
+    extra = format_additional_args(additional_forward_args)
     out_scores = []
     with torch.no_grad():
         for a in range(0, rows, step):
-            idx = torch.arange(a, min(a + step, rows), device=xs[0].device)
-            e, c = idx % n, idx // n
-            chunk = []
-            for x, b, st in zip(xs, baselines, stacked):
-                xe = x.detach()[e]
-                if st is not None:
-                    m = st[c, e].reshape(len(idx), *([1] * (x.dim() - 3)), *x.shape[-2:])
-                    xe = torch.where(m, b[e] if _per_example(b, x) else b, xe)
-                chunk.append(xe)
+            b = min(a + step, rows)
+            # (copy, first example, end example) of each contiguous piece of this pass
+            pieces = [(c, max(a, c * n) - c * n, min(b, (c + 1) * n) - c * n)
+                      for c in range(a // n, (b - 1) // n + 1)]
+            chunk = tuple(
+                _assemble([_piece(x, base, None if c == 0 else mask_sets[c - 1][j], lo, hi)
+                           for c, lo, hi in pieces])
+                for j, (x, base) in enumerate(zip(xs, baselines))
+            )
+            e = torch.cat([torch.arange(lo, hi) for _, lo, hi in pieces])
             args = tuple(
-                t[e.to(t.device)] if isinstance(t, Tensor) and t.dim() and t.shape[0] == n else t
+                _assemble([t[lo:hi] for _, lo, hi in pieces])
+                if isinstance(t, Tensor) and t.dim() and t.shape[0] == n else t
                 for t in extra
             )
-            out = run_forward(forward_func, tuple(chunk), args if extra else None)
+            out = run_forward(forward_func, chunk, args if extra else None)
             out_scores.append(_score(out, _take_target(target, e, n), score).detach().double().cpu())
-    return torch.cat(out_scores).reshape(copies, n)
+    return torch.cat(out_scores).reshape(-1, n)
+
+
+def _piece(x: Tensor, base: Tensor, mask: Optional[Tensor], lo: int, hi: int) -> Tensor:
+    """Examples ``lo:hi`` of ``x``, with the masked pixels (all channels) set to ``base``."""
+    if mask is None:
+        return x[lo:hi]
+    m = mask[lo:hi].reshape(hi - lo, *([1] * (x.dim() - 3)), *x.shape[-2:])
+    return torch.where(m, base[lo:hi] if _per_example(base, x) else base, x[lo:hi])
+
+
+def _assemble(parts: List[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _rs(clean: Tensor, occluded: Tensor, fraction: Tensor) -> RegionSensitivity:
