@@ -43,7 +43,7 @@ RC_MAPS, RC_SIZE = 64, 224
 def _saliency(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     sal = Saliency(model)
     return torch.cat([
-        sal.attribute(x[i:i + chunk], target=target[i:i + chunk]).detach()
+        sal.attribute(x[i:i + chunk].detach().requires_grad_(), target=target[i:i + chunk]).detach()
         for i in range(0, len(x), chunk)
     ])
 
@@ -75,7 +75,7 @@ def run(
     model = make_model(model_name, device=device)
     if model is None:
         return []
-    repeats = 3 if quick else 7
+    repeats, warmup = (3, 1) if quick else (7, 2)
     rows: List[Dict[str, object]] = []
 
     # RC: 64 maps of 224 x 224. Quick mode explains 16 images and tiles them to 64 maps
@@ -115,14 +115,14 @@ def run(
 
     ours, alone = time_side_by_side(
         [lambda: region_sensitivity(model, x, base_regions, target=y), lambda: forward(two)],
-        repeats=repeats, device=device,
+        repeats=repeats, warmup=warmup, device=device,
     )
     rows.append(row("region_sensitivity_vs_forward", ours, alone, 1.1, model_name, batch, size, device,
                     note="regions precomputed; base: the same 2N-row forward pass"))
     ours, alone = time_side_by_side(
         [lambda: compare_region_sensitivity(model, x, gad_regions, base_regions, target=y),
          lambda: forward(three)],
-        repeats=repeats, device=device,
+        repeats=repeats, warmup=warmup, device=device,
     )
     rows.append(row("compare_region_sensitivity_vs_forward", ours, alone, 1.1, model_name, batch, size,
                     device, note="regions precomputed; base: the same 3N-row forward pass"))
@@ -138,7 +138,7 @@ def run(
             [lambda: region_sensitivity(model, x, base_regions, target=y),
              lambda: metric(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np,
                             device=device, batch_size=batch, softmax=False)],
-            repeats=repeats, device=device,
+            repeats=repeats, warmup=warmup, device=device,
         )
         rows.append(row("region_sensitivity_vs_quantus_region_perturbation", ours, theirs, None,
                         model_name, batch, size, device,

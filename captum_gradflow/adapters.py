@@ -174,7 +174,9 @@ def quantus_explain(
         raise ValueError(f"inputs must be a batch (N, ...), got shape {tuple(x.shape)}")
     if not channel_first:
         x = x.movedim(-1, 1)
-    x = x.detach().to(device=dev, dtype=dtype)
+    # a fresh leaf that requires grad: gradient methods need it, and the caller's array is not
+    # touched (Captum would otherwise warn and set the flag itself)
+    x = x.detach().to(device=dev, dtype=dtype).clone().requires_grad_(True)
     target = _quantus_targets(targets, x.shape[0], dev)
     explain = _quantus_method(model, method, method_kwargs, rebind)
     if isinstance(explain, Attribution):
@@ -184,8 +186,8 @@ def quantus_explain(
     if isinstance(attr, (tuple, list)):
         attr = attr[0]
     attr = torch.as_tensor(attr.detach() if isinstance(attr, Tensor) else np.asarray(attr))
-    if attr.shape[0] != x.shape[0]:
-        raise ValueError(f"the method returned {attr.shape[0]} attributions for {x.shape[0]} inputs")
+    if attr.dim() == 0 or attr.shape[0] != x.shape[0]:
+        raise ValueError(f"the method returned attributions of shape {tuple(attr.shape)} for {x.shape[0]} inputs")
     out = attr.detach().to("cpu", torch.float32)
     if not channel_first and out.dim() == x.dim():
         out = out.movedim(1, -1)

@@ -130,10 +130,12 @@ class AlignmentRegularizer:
             exact, shared-forward mode.
         forward_func: The model, needed when ``fraction < 1``.
         seed: Seed of the subset draws.
-        warmup: Number of calls (training steps) over which the weights ramp linearly up to
-            their full value; 0 (default) applies them at once. On an untrained model the
-            penalty can pull harder than the cross-entropy and stall learning (both classes
-            predicted alike); a few epochs of warm-up avoid that.
+        delay: Number of first calls (training steps) that return a zero penalty without
+            computing it. On an untrained model the penalty can pull harder than the
+            cross-entropy and stall learning for good (every example predicted alike); let
+            the classifier start learning first.
+        warmup: Number of calls after the delay over which the weights ramp linearly up to
+            their full value; 0 (default) applies them at once.
 
     Examples::
 
@@ -170,6 +172,7 @@ class AlignmentRegularizer:
         fraction: float = 1.0,
         forward_func: Optional[Callable[..., Tensor]] = None,
         seed: int = 0,
+        delay: int = 0,
         warmup: int = 0,
     ) -> None:
         self.features: List[Feature] = _check_features(features)
@@ -184,9 +187,10 @@ class AlignmentRegularizer:
         self.undefined = undefined
         self.fraction = float(fraction)
         self.forward_func = forward_func
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"warmup must be a non-negative int (number of calls), got {warmup!r}")
-        self.warmup = warmup
+        for name, value in (("delay", delay), ("warmup", warmup)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int (number of calls), got {value!r}")
+        self.delay, self.warmup = delay, warmup
         self.calls = 0
         self._generator = torch.Generator().manual_seed(int(seed))
         self.last_alignment: Dict[str, Tensor] = {}
@@ -203,8 +207,11 @@ class AlignmentRegularizer:
 
     @property
     def scale(self) -> float:
-        """Warm-up factor applied to the weights at the next call, in (0, 1]."""
-        return 1.0 if self.warmup == 0 else min(1.0, (self.calls + 1) / self.warmup)
+        """Factor applied to the weights at the next call: 0 during the delay, then the ramp."""
+        step = self.calls - self.delay
+        if step < 0:
+            return 0.0
+        return 1.0 if self.warmup == 0 else min(1.0, (step + 1) / self.warmup)
 
     @property
     def requires_input_grad(self) -> bool:
@@ -232,6 +239,8 @@ class AlignmentRegularizer:
         Returns:
             Scalar penalty (mean over the batch, weighted sum over features).
         """
+        if self.scale == 0.0:
+            return self._skip(inputs)
         if self.fraction < 1.0:
             return self.subset_penalty(
                 self.forward_func, inputs, target, self.fraction, mask, additional_forward_args
@@ -266,6 +275,8 @@ class AlignmentRegularizer:
             Scalar penalty: mean over the subset, weighted sum over features.
         """
         _check_fraction(fraction)
+        if self.scale == 0.0:
+            return self._skip(inputs)
         xs, _ = format_inputs(inputs)
         n = xs[0].shape[0]
         k = max(1, math.ceil(fraction * n))
@@ -365,6 +376,13 @@ class AlignmentRegularizer:
             raise ValueError(f"the alignment penalty is {total.item()} (not finite)")
         self.calls += 1
         return total
+
+    def _skip(self, inputs: TensorOrTuple) -> Tensor:
+        # During the delay nothing is computed: the step costs what a plain step costs.
+        xs, _ = format_inputs(inputs)
+        self.calls += 1
+        self.last_alignment, self.last_undefined = {}, {}
+        return xs[0].new_zeros(())
 
     def _report_undefined(self, name: str, count: int, n: int, from_model: int) -> None:
         why = (

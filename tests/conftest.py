@@ -34,6 +34,17 @@ def define_missing_torchvision_ops() -> None:
 define_missing_torchvision_ops()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread per test process: deterministic, and no oversubscription when the
+    two cores are shared (pytest-xdist workers, notebooks' kernels, other jobs), which made
+    some tests 10-25x slower with torch's default."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

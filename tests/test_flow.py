@@ -23,6 +23,16 @@ from captum_gradflow._common import squared_cosine
 D = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine every parallel region
+    waits for a time slice (tens of ms): run single-threaded, then restore the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def sq_cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) ** 2 / ((a @ a) * (b @ b)))
 
@@ -349,17 +359,7 @@ def test_no_grad_flags_model_and_inputs_are_left_unchanged(directions):
     assert hasattr(GradientFlowAlignment.attribute, "__wrapped__")  # captum.log.log_usage
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine every parallel region
-    waits for a time slice: run single-threaded, then restore the setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_small_cnn_flows_reach_the_boundary(lesions_small, one_thread):
+def test_small_cnn_flows_reach_the_boundary(lesions_small):
     torch.manual_seed(0)
     model = SmallCNN(num_classes=2).eval()
     x = lesions_small.images[:6, :, 8:24, 8:24].contiguous()

@@ -108,7 +108,10 @@ def _class_index(c: Any, num_classes: int, what: str) -> int:
         raise TypeError(f"{what} must name output indices as ints, got {c!r}")
     c = int(c)
     if not 0 <= c < num_classes:
-        raise IndexError(f"{what} class {c} is out of range for a model with {num_classes} outputs")
+        raise IndexError(
+            f"{what} class {c} is out of range for a model with {num_classes} outputs (classes are "
+            "output indices, i.e. label values: digits_pair((3, 8)) labels 3 as 0 and 8 as 1)"
+        )
     return c
 
 

@@ -251,7 +251,7 @@ def check_region_args(q: float, threshold: Optional[float], connectivity: int, m
 
 def as_map_tensor(attr: MapsLike, name: str = "attr") -> Tensor:
     """A map tensor ``(N, H, W)`` or ``(N, C, H, W)`` from a tensor, array or 1-tuple."""
-    if isinstance(attr, (tuple, list)):
+    if isinstance(attr, (tuple, list)) and all(isinstance(t, (Tensor, np.ndarray)) for t in attr):
         if len(attr) != 1:
             raise ValueError(
                 f"{name}: expected one map tensor, got a tuple of {len(attr)} "
@@ -261,7 +261,7 @@ def as_map_tensor(attr: MapsLike, name: str = "attr") -> Tensor:
     if isinstance(attr, np.ndarray):
         attr = torch.from_numpy(attr)
     if not isinstance(attr, Tensor):
-        raise TypeError(f"{name} must be a Tensor or numpy array, got {type(attr).__name__}")
+        raise TypeError(f"{name} must be a Tensor or numpy array of maps, got {type(attr).__name__}")
     if attr.dim() not in (3, 4):
         raise ValueError(
             f"{name}: attribution maps must have shape (N, H, W) or (N, C, H, W), got "
