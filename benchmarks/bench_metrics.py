@@ -40,7 +40,9 @@ from captum_gradflow.metrics import (
 RC_MAPS, RC_SIZE = 64, 224
 
 
-def _saliency(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+def _saliency(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int = 16
+) -> torch.Tensor:
     sal = Saliency(model)
     return torch.cat([
         sal.attribute(x[i:i + chunk].detach().requires_grad_(), target=target[i:i + chunk]).detach()
@@ -117,15 +119,19 @@ def run(
         [lambda: region_sensitivity(model, x, base_regions, target=y), lambda: forward(two)],
         repeats=repeats, warmup=warmup, device=device,
     )
-    rows.append(row("region_sensitivity_vs_forward", ours, alone, 1.1, model_name, batch, size, device,
-                    note="regions precomputed; base: the same 2N-row forward pass"))
+    rows.append(row(
+        "region_sensitivity_vs_forward", ours, alone, 1.1, model_name, batch, size, device,
+        note="regions precomputed; base: the same 2N-row forward pass",
+    ))
     ours, alone = time_side_by_side(
         [lambda: compare_region_sensitivity(model, x, gad_regions, base_regions, target=y),
          lambda: forward(three)],
         repeats=repeats, warmup=warmup, device=device,
     )
-    rows.append(row("compare_region_sensitivity_vs_forward", ours, alone, 1.1, model_name, batch, size,
-                    device, note="regions precomputed; base: the same 3N-row forward pass"))
+    rows.append(row(
+        "compare_region_sensitivity_vs_forward", ours, alone, 1.1, model_name, batch, size, device,
+        note="regions precomputed; base: the same 3N-row forward pass",
+    ))
 
     quantus = _import_quantus()
     if quantus is not None:
@@ -140,9 +146,11 @@ def run(
                             device=device, batch_size=batch, softmax=False)],
             repeats=repeats, warmup=warmup, device=device,
         )
-        rows.append(row("region_sensitivity_vs_quantus_region_perturbation", ours, theirs, None,
-                        model_name, batch, size, device,
-                        note="Quantus: 1 patch of 8x8, mean baseline, 2 forward passes per example"))
+        rows.append(row(
+            "region_sensitivity_vs_quantus_region_perturbation", ours, theirs, None,
+            model_name, batch, size, device,
+            note="Quantus: 1 patch of 8x8, mean baseline, 2 forward passes per example",
+        ))
     return rows
 
 

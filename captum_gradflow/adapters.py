@@ -167,7 +167,10 @@ def quantus_explain(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
     param = next(iter(model.parameters()), None)
-    dev = param.device if param is not None else torch.device(device if device is not None else "cpu")
+    if param is not None:
+        dev = param.device
+    else:
+        dev = torch.device(device if device is not None else "cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, Tensor) else inputs)
     if x.dim() < 2:
@@ -187,7 +190,9 @@ def quantus_explain(
         attr = attr[0]
     attr = torch.as_tensor(attr.detach() if isinstance(attr, Tensor) else np.asarray(attr))
     if attr.dim() == 0 or attr.shape[0] != x.shape[0]:
-        raise ValueError(f"the method returned attributions of shape {tuple(attr.shape)} for {x.shape[0]} inputs")
+        raise ValueError(
+            f"the method returned attributions of shape {tuple(attr.shape)} for {x.shape[0]} inputs"
+        )
     out = attr.detach().to("cpu", torch.float32)
     if not channel_first and out.dim() == x.dim():
         out = out.movedim(1, -1)

@@ -107,7 +107,9 @@ def _margin(output: Tensor, target: TargetType, threshold: float) -> Tensor:
     if output[0].numel() == 1:
         return output.reshape(n) - threshold
     if output.dim() != 2:
-        raise ValueError(f"decision margin needs a (N,) or (N, K) output, got {tuple(output.shape)}")
+        raise ValueError(
+            f"decision margin needs a (N,) or (N, K) output, got {tuple(output.shape)}"
+        )
     idx = target_indices(target, n, output.device)
     if idx is None:
         raise ValueError("target is required for a model with several outputs")

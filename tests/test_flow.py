@@ -102,7 +102,8 @@ def test_point_on_the_boundary_has_zero_length_and_pointwise_alignment(direction
     torch.manual_seed(6)
     model = nn.Linear(6, 2, bias=False).double()
     x = torch.cat([torch.zeros(1, 6, dtype=D), torch.randn(1, 6, dtype=D)])  # m(0) = 0 exactly
-    res = GradientFlowAlignment(model, [LinearFeature(r)]).attribute(x, target=1, return_details=True)
+    flow = GradientFlowAlignment(model, [LinearFeature(r)])
+    res = flow.attribute(x, target=1, return_details=True)
     dm = (model.weight[1] - model.weight[0]).detach()
     assert res.start_margin[0] == 0 and res.length[0] == 0 and res.n_steps[0] == 0
     assert res.reached_boundary.tolist() == [True, True]
@@ -121,7 +122,9 @@ def _quadratic_exact(x0: torch.Tensor, thr: float):
     a = 2 / c2
     u = (-1 + torch.sqrt(1 + 8 * thr / c2 ** 2)) / (4 / c2 ** 2)  # x1^2 on the boundary
     end = torch.stack([u.sqrt(), u / c2], 1)
-    prim = lambda z: z * torch.sqrt(1 + a ** 2 * z ** 2) / 2 + torch.asinh(a * z) / (2 * a)  # noqa: E731
+    def prim(z):  # antiderivative of sqrt(1 + a^2 z^2)
+        return z * torch.sqrt(1 + a ** 2 * z ** 2) / 2 + torch.asinh(a * z) / (2 * a)
+
     length = prim(x0[:, 0]) - prim(end[:, 0])
     align_e1 = (torch.asinh(a * x0[:, 0]) - torch.asinh(a * end[:, 0])) / (a * length)
     return end, length, align_e1
@@ -133,13 +136,15 @@ def test_heun_beats_euler_on_a_curved_quadratic_flow():
     end, length, align_e1 = _quadratic_exact(x0, thr)
     e = torch.eye(2, dtype=D)
     flow = GradientFlowAlignment(
-        lambda z: z[:, 0] ** 2 + 2 * z[:, 1] ** 2, [LinearFeature(e[0], "e1"), LinearFeature(e[1], "e2")]
+        lambda z: z[:, 0] ** 2 + 2 * z[:, 1] ** 2,
+        [LinearFeature(e[0], "e1"), LinearFeature(e[1], "e2")],
     )
     errors = {}
     for integrator in ("euler", "heun"):
         for h in (0.05, 0.025):
             res = flow.attribute(
-                x0, threshold=thr, step_size=h, max_steps=400, integrator=integrator, return_details=True
+                x0, threshold=thr, step_size=h, max_steps=400, integrator=integrator,
+                return_path=True,
             )
             assert res.reached_boundary.all()
             errors[integrator, h] = float((res.end_point - end).norm(dim=1).max())
@@ -149,8 +154,9 @@ def test_heun_beats_euler_on_a_curved_quadratic_flow():
             assert (res.length - length).abs().max() < tol
             assert (res.alignment[:, 0] - align_e1).abs().max() < tol
             # The path is curved: it does not stay on the straight line through x0.
-            chord = res.end_point - x0
-            assert (chord / chord.norm(dim=1, keepdim=True) * (x0 / x0.norm(dim=1, keepdim=True))).sum(1).abs().min() < 0.999
+            chord = (res.end_point - x0) / (res.end_point - x0).norm(dim=1, keepdim=True)
+            first = (res.path[0][1] - x0[0]) / (res.path[0][1] - x0[0]).norm()
+            assert float(chord[0] @ first) < 0.999
     assert errors["heun", 0.05] * 5 < errors["euler", 0.05]
     # First order: halving h halves the error; second order: at least 3.5x smaller.
     assert 1.6 < errors["euler", 0.05] / errors["euler", 0.025] < 2.5
@@ -179,9 +185,8 @@ def test_per_example_stopping_freezes_finished_examples(integrator):
     model = _Recorder(w)
     c = torch.tensor([0.25, 0.55, 0.95, 1.5, -0.35], dtype=D)
     x = c[:, None] * w + torch.tensor([0.0, 0.0, 1.0], dtype=D)
-    res = GradientFlowAlignment(model, [LinearFeature(torch.tensor([1.0, 0, 0], dtype=D))]).attribute(
-        x, step_size=0.1, max_steps=10, integrator=integrator, return_details=True
-    )
+    flow = GradientFlowAlignment(model, [LinearFeature(torch.tensor([1.0, 0, 0], dtype=D))])
+    res = flow.attribute(x, step_size=0.1, max_steps=10, integrator=integrator, return_details=True)
     assert res.n_steps.tolist() == [3, 6, 10, 10, 4]
     assert res.reached_boundary.tolist() == [True, True, True, False, True]
     torch.testing.assert_close(res.length, torch.tensor([0.25, 0.55, 0.95, 1.0, 0.35], dtype=D))
@@ -198,9 +203,9 @@ def test_per_example_stopping_freezes_finished_examples(integrator):
 def test_max_length_shortens_the_last_step():
     w = torch.tensor([1.0, 0.0], dtype=D)
     x = torch.tensor([[5.0, 1.0], [-5.0, 2.0]], dtype=D)
-    res = GradientFlowAlignment(lambda z: z @ w, [LinearFeature(torch.tensor([1.0, 1.0], dtype=D))]).attribute(
-        x, step_size=0.3, max_length=1.0, return_details=True
-    )
+    diagonal = LinearFeature(torch.tensor([1.0, 1.0], dtype=D))
+    flow = GradientFlowAlignment(lambda z: z @ w, [diagonal])
+    res = flow.attribute(x, step_size=0.3, max_length=1.0, return_details=True)
     assert res.n_steps.tolist() == [4, 4]
     assert not res.reached_boundary.any()
     torch.testing.assert_close(res.length, torch.ones(2, dtype=D))
@@ -212,7 +217,10 @@ def test_zero_gradient_at_the_start_gives_nan_and_a_counted_warning():
     w = torch.tensor([1.0, 2.0, 0.0], dtype=D)
     model = lambda z: (z @ w) ** 2 - 1.0  # noqa: E731 - gradient 2 (w.z) w vanishes where w.z = 0
     x = torch.tensor([[2.0, -1.0, 3.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.5]], dtype=D)
-    feats = [LinearFeature(torch.tensor([1.0, 0, 0], dtype=D), "a"), LinearFeature(torch.ones(3, dtype=D), "b")]
+    feats = [
+        LinearFeature(torch.tensor([1.0, 0, 0], dtype=D), "a"),
+        LinearFeature(torch.ones(3, dtype=D), "b"),
+    ]
     with pytest.warns(RuntimeWarning, match=r"4 of 8 alignment values are NaN.*2 example\(s\)"):
         res = GradientFlowAlignment(model, feats).attribute(x, return_details=True)
     assert res.n_nan == 4
@@ -248,7 +256,8 @@ def test_undefined_feature_gradients_are_skipped_and_counted():
     )
     vertical = LinearFeature(torch.tensor([0.0, 1.0], dtype=D), "vertical")
     x = torch.tensor([[2.05, 1.0], [-0.2, 0.0]], dtype=D)
-    with pytest.warns(RuntimeWarning, match=r"1 of 4 alignment values are NaN.*10 \(point, feature\)"):
+    expected_warning = r"1 of 4 alignment values are NaN.*10 \(point, feature\)"
+    with pytest.warns(RuntimeWarning, match=expected_warning):
         res = GradientFlowAlignment(lambda z: z @ w, [half_plane, vertical]).attribute(
             x, threshold=-0.5, step_size=0.1, max_steps=100, return_details=True
         )
@@ -285,11 +294,11 @@ def test_tuple_inputs_move_jointly_and_features_read_their_input():
     r1, r2 = torch.randn(4, dtype=D), torch.randn(3, dtype=D)
     feats = [LinearFeature(r1, "on_x1"), LinearFeature(r2, "on_x2", input_index=1)]
     res = GradientFlowAlignment(model, feats).attribute((x1, x2), target=0, return_path=True)
-    dm = torch.cat([model.a.weight[0] - model.a.weight[1], model.b.weight[0] - model.b.weight[1]]).detach()
-    expected = torch.tensor(
-        [sq_cos(dm, torch.cat([r1, torch.zeros(3, dtype=D)])), sq_cos(dm, torch.cat([torch.zeros(4, dtype=D), r2]))],
-        dtype=D,
-    )
+    wa, wb = model.a.weight.detach(), model.b.weight.detach()
+    dm = torch.cat([wa[0] - wa[1], wb[0] - wb[1]])
+    on_x1 = torch.cat([r1, torch.zeros(3, dtype=D)])
+    on_x2 = torch.cat([torch.zeros(4, dtype=D), r2])
+    expected = torch.tensor([sq_cos(dm, on_x1), sq_cos(dm, on_x2)], dtype=D)
     torch.testing.assert_close(res.alignment, expected.expand(3, 2))
     e1, e2 = res.end_point
     assert e1.shape == x1.shape and e2.shape == x2.shape
@@ -304,11 +313,14 @@ def test_additional_forward_args_follow_the_active_subset():
     x1, x2 = torch.randn(4, 4, dtype=D), torch.randn(4, 3, dtype=D)
     shift = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 2.0], [-1.0, 1.0]], dtype=D)
     flow = GradientFlowAlignment(model, [LinearFeature(torch.ones(4, dtype=D))])
-    res = flow.attribute((x1, x2), target=1, additional_forward_args=(shift,), step_size=0.05, max_steps=500,
-                         return_details=True)
+    res = flow.attribute(
+        (x1, x2), target=1, additional_forward_args=(shift,), step_size=0.05, max_steps=500,
+        return_details=True,
+    )
     out = model(x1, x2, shift).detach()
     m0 = out[:, 1] - out[:, 0]
-    dm = torch.cat([model.a.weight[1] - model.a.weight[0], model.b.weight[1] - model.b.weight[0]]).detach()
+    wa, wb = model.a.weight.detach(), model.b.weight.detach()
+    dm = torch.cat([wa[1] - wa[0], wb[1] - wb[0]])
     torch.testing.assert_close(res.length, m0.abs() / dm.norm())
     assert len(set(res.n_steps.tolist())) > 1  # examples stopped at different steps
     e1, e2 = res.end_point
@@ -363,7 +375,8 @@ def test_small_cnn_flows_reach_the_boundary(lesions_small):
     torch.manual_seed(0)
     model = SmallCNN(num_classes=2).eval()
     x = lesions_small.images[:6, :, 8:24, 8:24].contiguous()
-    flow = GradientFlowAlignment(model, [Brightness(), Extent(), Feature.from_callable(lambda z: z.flatten(1).std(1), "std")])
+    contrast = Feature.from_callable(lambda z: z.flatten(1).std(1), "std")
+    flow = GradientFlowAlignment(model, [Brightness(), Extent(), contrast])
     for integrator in ("euler", "heun"):
         with warnings.catch_warnings():
             # Extent may be undefined where the flow makes the weighted variance negative.

@@ -25,7 +25,8 @@ def brute_force_hulls(kept: np.ndarray, connectivity: int):
     hulls = []
     for k in range(1, lab.max() + 1):
         rows, cols = np.nonzero(lab == k)
-        hulls.append(shapely.convex_hull(shapely.union_all(shapely.box(cols, rows, cols + 1, rows + 1))))
+        squares = shapely.box(cols, rows, cols + 1, rows + 1)
+        hulls.append(shapely.convex_hull(shapely.union_all(squares)))
     return hulls
 
 

@@ -75,7 +75,8 @@ def test_targets_scores_and_details():
     mask = block_mask(4, 3, 3)
     by_int = region_sensitivity(model, x, mask, target=0)
     assert torch.equal(region_sensitivity(model, x, mask, target=[0, 0, 0, 0]), by_int)
-    assert torch.equal(region_sensitivity(model, x, mask, target=torch.zeros(4, dtype=torch.long)), by_int)
+    by_tensor = region_sensitivity(model, x, mask, target=torch.zeros(4, dtype=torch.long))
+    assert torch.equal(by_tensor, by_int)
     assert torch.equal(region_sensitivity(model, x, mask, target=1), -by_int)
     prob = region_sensitivity(model, x, mask, target=0, score="probability")
     assert (prob >= 0).all() and (prob * 16 / SIZE**2 <= 1).all()
@@ -158,7 +159,8 @@ def test_compare_finds_that_gad_kept_what_matters():
     assert torch.equal(result.rest, torch.zeros(8, dtype=torch.float64))
     assert result.p_value == pytest.approx(1 / 256)  # exact one-sided test, 8 positive pairs
     assert torch.allclose(result.gad_fraction, torch.full((8,), 36 / SIZE**2, dtype=torch.float64))
-    reverse = compare_region_sensitivity(model, x, base - gad, base, target=0, region_kwargs={"q": 1.0})
+    reverse = compare_region_sensitivity(model, x, base - gad, base, target=0,
+                                         region_kwargs={"q": 1.0})
     assert reverse.gad_wins == 0.0 and reverse.p_value > 0.99
 
 

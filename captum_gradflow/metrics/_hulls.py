@@ -23,7 +23,7 @@ points, hence:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Tuple
 
 import numpy as np
 import shapely
@@ -131,7 +131,9 @@ def _row_spans(labels: np.ndarray, inside: np.ndarray) -> Tuple[np.ndarray, ...]
     return lab[first], row[first], start[first], stop[last]
 
 
-def _chains(lab: np.ndarray, row: np.ndarray, xl: np.ndarray, xr: np.ndarray) -> Tuple[np.ndarray, ...]:
+def _chains(
+    lab: np.ndarray, row: np.ndarray, xl: np.ndarray, xr: np.ndarray
+) -> Tuple[np.ndarray, ...]:
     """Left chain (x) and right chain (-x) of every component, one point per integer height.
 
     At height y between rows y - 1 and y the left boundary is the smaller of the two rows'
@@ -330,7 +332,8 @@ def union_correction(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> Tuple[np.nd
     # running maximum of right ends (offset per sample so it restarts at each sample)
     size = k[ss]
     sample = np.repeat(np.arange(len(ts)), size)
-    member = start[ss][sample] + np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+    member = start[ss][sample] + np.arange(int(size.sum()))
+    member -= np.repeat(np.cumsum(size) - size, size)
     tt = ts[sample]
     left = l0[member] + tt * (l1[member] - l0[member])
     right = r0[member] + tt * (r1[member] - r0[member])

@@ -114,7 +114,8 @@ def region_complexity(
         )
     ref_area = reference_regions.area
     empty = ref_area <= 0
-    rc = torch.where(empty, torch.full_like(ref_area, float("nan")), regions.area / ref_area.clamp_min(1.0))
+    nan = torch.full_like(ref_area, float("nan"))
+    rc = torch.where(empty, nan, regions.area / ref_area.clamp_min(1.0))
     reasons = [
         "reference has no region: " + (note or "no pixel kept") if e else ""
         for e, note in zip(empty.tolist(), reference_regions.notes)
@@ -151,7 +152,8 @@ def _both_regions(
             "(need the same N, H and W)"
         )
     n, h, w = a.shape[0], a.shape[-2], a.shape[-1]
-    wide = torch.float64 in (a.dtype, r.dtype) or not (isinstance(reduce, str) and reduce in REDUCTIONS)
+    builtin = isinstance(reduce, str) and reduce in REDUCTIONS
+    wide = torch.float64 in (a.dtype, r.dtype) or not builtin
     buffer = np.empty((2 * n, h, w), dtype=np.float64 if wide else np.float32)
     reduced_maps(a, reduce, out=buffer[:n])
     reduced_maps(r, reduce, out=buffer[n:])

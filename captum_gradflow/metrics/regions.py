@@ -123,7 +123,9 @@ class Regions:
                 raise IndexError(f"example index {idx} is out of range for {n} examples")
             idx = slice(idx % n, idx % n + 1)
         if not isinstance(idx, slice):
-            raise TypeError(f"Regions can be indexed by an int or a slice, got {type(idx).__name__}")
+            raise TypeError(
+                f"Regions can be indexed by an int or a slice, got {type(idx).__name__}"
+            )
         pick = np.arange(n)[idx]
         # a slice of a tensor is a view: no copy of the (N, H, W) pixel tensors
         out = Regions(
@@ -233,7 +235,9 @@ def attribution_regions(
     return regions_of_maps(reduced_maps(attr, reduce), q, threshold, connectivity, min_size)
 
 
-def check_region_args(q: float, threshold: Optional[float], connectivity: int, min_size: int) -> None:
+def check_region_args(
+    q: float, threshold: Optional[float], connectivity: int, min_size: int
+) -> None:
     """Raise a clear error for a bad region argument, before any work is done."""
     if threshold is None:
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q <= 1.0:
@@ -261,7 +265,9 @@ def as_map_tensor(attr: MapsLike, name: str = "attr") -> Tensor:
     if isinstance(attr, np.ndarray):
         attr = torch.from_numpy(attr)
     if not isinstance(attr, Tensor):
-        raise TypeError(f"{name} must be a Tensor or numpy array of maps, got {type(attr).__name__}")
+        raise TypeError(
+            f"{name} must be a Tensor or numpy array of maps, got {type(attr).__name__}"
+        )
     if attr.dim() not in (3, 4):
         raise ValueError(
             f"{name}: attribution maps must have shape (N, H, W) or (N, C, H, W), got "
@@ -286,9 +292,12 @@ def reduced_maps(attr: MapsLike, reduce: Reduce, out: Optional[np.ndarray] = Non
         if reduce == "none" and a.shape[1] != 1:
             raise ValueError(f'reduce="none" needs one channel, got {a.shape[1]}')
         if reduce in ("sum_abs", "max_abs"):
-            maps = np.abs(a[:, 0], out=out) if a.shape[1] == 1 else None
-            if maps is None:
-                maps = np.abs(a).sum(1, out=out) if reduce == "sum_abs" else np.abs(a).max(1, out=out)
+            if a.shape[1] == 1:
+                maps = np.abs(a[:, 0], out=out)
+            elif reduce == "sum_abs":
+                maps = np.abs(a).sum(1, out=out)
+            else:
+                maps = np.abs(a).max(1, out=out)
         else:
             maps = a[:, 0] if a.shape[1] == 1 else a.sum(1)
             if out is not None:
@@ -339,7 +348,9 @@ def regions_of_maps(
     )
 
 
-def _keep_pixels(maps: np.ndarray, q: float, threshold: Optional[float]) -> Tuple[np.ndarray, List[str]]:
+def _keep_pixels(
+    maps: np.ndarray, q: float, threshold: Optional[float]
+) -> Tuple[np.ndarray, List[str]]:
     n, h, w = maps.shape
     hw = h * w
     flat = maps.reshape(n, hw)
@@ -376,7 +387,9 @@ def _keep_pixels(maps: np.ndarray, q: float, threshold: Optional[float]) -> Tupl
     return kept.reshape(n, h, w), notes
 
 
-def _label(kept: np.ndarray, connectivity: int, min_size: int) -> Tuple[np.ndarray, np.ndarray, int]:
+def _label(
+    kept: np.ndarray, connectivity: int, min_size: int
+) -> Tuple[np.ndarray, np.ndarray, int]:
     """Label all maps in one call, stacked with an empty row below each and empty side columns.
 
     Returns the labels, the bool image of labelled pixels (same layout) and their count.

@@ -225,7 +225,9 @@ def compare_region_sensitivity(
         1.0
     """
     if alternative not in ("greater", "less", "two-sided"):
-        raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+        raise ValueError(
+            f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}"
+        )
     xs, was_tuple = format_inputs(inputs)
     baselines = _baselines(baseline, xs)
     gad = _masks_for(gad_attr, xs, was_tuple, region_kwargs, name="gad_attr")
@@ -282,7 +284,9 @@ def _masks_for(
     """One bool mask ``(N, H, W)`` (or None) per input, on the input's device."""
     if was_tuple:
         if not isinstance(regions, (tuple, list)) or len(regions) != len(xs):
-            raise ValueError(f"{name}: tuple inputs need a tuple with one entry per input ({len(xs)})")
+            raise ValueError(
+                f"{name}: tuple inputs need a tuple with one entry per input ({len(xs)})"
+            )
         entries = list(regions)
     else:
         if isinstance(regions, (tuple, list)) and len(regions) == 1:
@@ -296,9 +300,9 @@ def _masks_for(
     )
 
 
-def _mask(entry: RegionsLike, x: Tensor, region_kwargs: Optional[Dict[str, Any]], name: str) -> Tensor:
-    if x.dim() < 3:
-        raise ValueError(f"inputs must be images (N, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
+def _mask(
+    entry: RegionsLike, x: Tensor, region_kwargs: Optional[Dict[str, Any]], name: str
+) -> Tensor:
     if isinstance(entry, np.ndarray):
         entry = torch.from_numpy(entry)
     if isinstance(entry, Regions):
@@ -306,7 +310,9 @@ def _mask(entry: RegionsLike, x: Tensor, region_kwargs: Optional[Dict[str, Any]]
     elif isinstance(entry, Tensor) and entry.dtype == torch.bool:
         mask = entry[:, 0] if entry.dim() == 4 and entry.shape[1] == 1 else entry
         if mask.dim() != 3:
-            raise ValueError(f"{name}: a bool mask must be (N, H, W) or (N, 1, H, W), got {tuple(entry.shape)}")
+            raise ValueError(
+                f"{name}: a bool mask must be (N, H, W) or (N, 1, H, W), got {tuple(entry.shape)}"
+            )
     elif isinstance(entry, Tensor):
         if entry.dim() in (3, 4) and entry.shape[-2:] != x.shape[-2:]:
             raise ValueError(
@@ -315,7 +321,9 @@ def _mask(entry: RegionsLike, x: Tensor, region_kwargs: Optional[Dict[str, Any]]
             )
         mask = attribution_regions(entry, **(region_kwargs or {})).mask
     else:
-        raise TypeError(f"{name} must be Regions, a bool mask or attribution maps, got {type(entry).__name__}")
+        raise TypeError(
+            f"{name} must be Regions, a bool mask or attribution maps, got {type(entry).__name__}"
+        )
     if mask.shape[0] != x.shape[0] or mask.shape[-2:] != x.shape[-2:]:
         raise ValueError(
             f"{name}: regions of shape {tuple(mask.shape)} do not match inputs of shape "
@@ -345,7 +353,9 @@ def _baseline(b: BaselineType, x: Tensor, index: int, n_inputs: int) -> Tensor:
     them, so the inputs are read once more only to name the problem.
     """
     if x.dim() < 3:
-        raise ValueError(f"inputs must be images (N, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"inputs must be images (N, H, W) or (N, C, H, W), got shape {tuple(x.shape)}"
+        )
     x = x.detach()
     means = x.mean(dim=(-2, -1), keepdim=True) if x.is_floating_point() else None
     if means is not None and not torch.isfinite(means).all():
@@ -362,7 +372,9 @@ def _baseline(b: BaselineType, x: Tensor, index: int, n_inputs: int) -> Tensor:
     except RuntimeError:
         shape = None
     if shape != x.shape:
-        raise ValueError(f"baseline of shape {tuple(t.shape)} does not broadcast to inputs {tuple(x.shape)}")
+        raise ValueError(
+            f"baseline of shape {tuple(t.shape)} does not broadcast to inputs {tuple(x.shape)}"
+        )
     if not torch.isfinite(t).all():
         raise ValueError("baseline contains NaN or Inf values")
     return t
@@ -425,7 +437,9 @@ def _scores_with_occlusions(
         or not isinstance(max_examples_per_batch, int)
         or max_examples_per_batch < 1
     ):
-        raise ValueError(f"max_examples_per_batch must be a positive int, got {max_examples_per_batch!r}")
+        raise ValueError(
+            f"max_examples_per_batch must be a positive int, got {max_examples_per_batch!r}"
+        )
     n = xs[0].shape[0]
     rows = (1 + len(mask_sets)) * n
     step = rows if max_examples_per_batch is None else max_examples_per_batch
@@ -438,31 +452,42 @@ def _scores_with_occlusions(
             pieces = [(c, max(a, c * n) - c * n, min(b, (c + 1) * n) - c * n)
                       for c in range(a // n, (b - 1) // n + 1)]
             chunk = tuple(
-                _assemble([_piece(x, base, None if c == 0 else mask_sets[c - 1][j], lo, hi)
-                           for c, lo, hi in pieces])
+                _assemble(x, base, [(None if c == 0 else mask_sets[c - 1][j], lo, hi)
+                                    for c, lo, hi in pieces])
                 for j, (x, base) in enumerate(zip(xs, baselines))
             )
             e = torch.cat([torch.arange(lo, hi) for _, lo, hi in pieces])
             args = tuple(
-                _assemble([t[lo:hi] for _, lo, hi in pieces])
+                torch.cat([t[lo:hi] for _, lo, hi in pieces])
                 if isinstance(t, Tensor) and t.dim() and t.shape[0] == n else t
                 for t in extra
             )
             out = run_forward(forward_func, chunk, args if extra else None)
-            out_scores.append(_score(out, _take_target(target, e, n), score).detach().double().cpu())
+            scores = _score(out, _take_target(target, e, n), score)
+            out_scores.append(scores.detach().double().cpu())
     return torch.cat(out_scores).reshape(-1, n)
 
 
-def _piece(x: Tensor, base: Tensor, mask: Optional[Tensor], lo: int, hi: int) -> Tensor:
-    """Examples ``lo:hi`` of ``x``, with the masked pixels (all channels) set to ``base``."""
-    if mask is None:
-        return x[lo:hi]
-    m = mask[lo:hi].reshape(hi - lo, *([1] * (x.dim() - 3)), *x.shape[-2:])
-    return torch.where(m, base[lo:hi] if _per_example(base, x) else base, x[lo:hi])
+def _assemble(x: Tensor, base: Tensor, pieces: List[Tuple[Optional[Tensor], int, int]]) -> Tensor:
+    """One forward batch: examples ``lo:hi`` of ``x`` per piece, masked pixels set to ``base``.
 
-
-def _assemble(parts: List[Tensor]) -> Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    A lone clean piece is a view; otherwise every piece is written once into one buffer.
+    """
+    if len(pieces) == 1 and pieces[0][0] is None:
+        return x[pieces[0][1]:pieces[0][2]]
+    size = sum(hi - lo for _, lo, hi in pieces)
+    out = torch.empty((size, *x.shape[1:]), dtype=torch.promote_types(x.dtype, base.dtype),
+                      device=x.device)
+    at = 0
+    for mask, lo, hi in pieces:
+        dest = out[at:at + hi - lo]
+        if mask is None:
+            dest.copy_(x[lo:hi])
+        else:
+            m = mask[lo:hi].reshape(hi - lo, *([1] * (x.dim() - 3)), *x.shape[-2:])
+            torch.where(m, base[lo:hi] if _per_example(base, x) else base, x[lo:hi], out=dest)
+        at += hi - lo
+    return out
 
 
 def _rs(clean: Tensor, occluded: Tensor, fraction: Tensor) -> RegionSensitivity:
