@@ -5,7 +5,7 @@ Nothing is downloaded: lesions are generated, digits come from scikit-learn's bu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Sequence, Union
 
 import numpy as np
 import torch

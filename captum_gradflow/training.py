@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["TrainHistory", "train_classifier", "predict", "balanced_accuracy"]
 
@@ -62,6 +62,8 @@ def train_classifier(
     class_weight: Optional[str] = None,
     seed: int = 0,
     progress: bool = True,
+    masks: Optional[Tensor] = None,
+    desc: str = "train",
 ) -> TrainHistory:
     """Train ``model`` in place with Adam and cross-entropy, optionally with a regularizer.
 
@@ -77,6 +79,9 @@ def train_classifier(
         class_weight: ``"balanced"`` weights the loss by inverse class frequency.
         seed: Seed of the shuffling.
         progress: Show a tqdm progress bar.
+        masks: Per-example feature masks, handed to the regularizer of each batch as
+            ``regularizer(out, x, y, mask=masks[idx])``.
+        desc: Label of the progress bar.
 
     Returns:
         :class:`TrainHistory`.
@@ -91,6 +96,8 @@ def train_classifier(
     """
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    if masks is not None and len(masks) != len(x):
+        raise ValueError(f"masks has {len(masks)} entries but x has {len(x)} examples")
     device = next(model.parameters()).device
     weight = None
     if class_weight == "balanced":
@@ -98,13 +105,14 @@ def train_classifier(
         weight = (counts.sum() / (len(counts) * counts)).to(device)
     elif class_weight is not None:
         raise ValueError(f"class_weight must be None or 'balanced', got {class_weight!r}")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     hist = TrainHistory()
     was_training = model.training
     model.train()
     try:
-        for _ in tqdm(range(epochs), desc="train", disable=not progress, leave=False):
+        for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
             order = torch.randperm(len(x), generator=gen)
             total, total_pen, seen = 0.0, 0.0, 0
             for i in range(0, len(x), batch_size):
@@ -114,7 +122,10 @@ def train_classifier(
                     xb = xb.detach().requires_grad_(True)
                 out = model(xb)
                 loss = F.cross_entropy(out, yb, weight=weight)
-                pen = regularizer(out, xb, yb) if regularizer is not None else None
+                pen = None
+                if regularizer is not None:
+                    pen = (regularizer(out, xb, yb) if masks is None
+                           else regularizer(out, xb, yb, mask=masks[idx].to(device)))
                 full = loss if pen is None else loss + pen
                 if not torch.isfinite(full):
                     raise FloatingPointError(
@@ -122,7 +133,7 @@ def train_classifier(
                         + ("" if pen is None else f", penalty {pen.item()}") + "); lower lr"
                     )
                 opt.zero_grad(set_to_none=True)
-                full.backward()
+                full.backward(inputs=params)  # the batch's input gradient is not needed
                 opt.step()
                 total += loss.item() * len(idx)
                 total_pen += (0.0 if pen is None else pen.item()) * len(idx)

@@ -106,7 +106,7 @@ def test_claims_are_decided_from_the_numbers(demo):
     report = (out / "report.md").read_text()
     for c in claims:
         verdict = "claim held" if c["held"] else "did not hold"
-        assert f"{c['evidence']}: **{verdict}**" in report
+        assert f"| {c['claim']} | {c['evidence']} | **{verdict}** |" in report
     # Flipping the numbers flips the verdicts: nothing is hard-coded.
     flipped = json.loads(json.dumps(results))
     plain, reg = flipped["alignment"]["plain"], flipped["alignment"]["regularized"]

@@ -18,7 +18,6 @@ from captum_gradflow import (
     LinearFeature,
     SmallCNN,
 )
-from captum_gradflow._common import squared_cosine
 
 D = torch.float64
 

@@ -1,4 +1,4 @@
-"""Every tutorial notebook executes without error (nbclient), so the tutorials never rot.
+"""Every tutorial notebook and the README example execute without error, so they never rot.
 
 The kernel is the ``python3`` kernelspec run by this interpreter (jupyter_client swaps a
 kernelspec's ``python`` for ``sys.executable``), so a fresh ``.venv`` from ``make test`` needs
@@ -6,6 +6,7 @@ no user-level kernel install.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def test_one_notebook_per_capability_with_outputs_cleared():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path):
+def test_notebook_executes(path, monkeypatch):
+    # The kernel inherits the environment: one torch thread, as in the test process, so the
+    # kernel does not oversubscribe two shared cores.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
     # One extra cell (in memory only) proves the kernel ran this interpreter and this checkout.
     nb.cells.append(nbformat.v4.new_code_cell(
@@ -59,3 +63,19 @@ def test_notebook_executes(path):
     # A notebook that draws a figure must show it inline as an image.
     if any("plot_" in c.source for c in nb.cells if c.cell_type == "code"):
         assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name} shows no figure"
+
+
+def test_readme_example_runs(capsys):
+    """The README's Python example is the first thing a user copies: it must run as written."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1
+    assert "make demo" in text and "make test" in text
+    namespace: dict = {}
+    exec(compile(blocks[0], str(ROOT / "README.md"), "exec"), namespace)
+    assert namespace["S"].shape == (16, 2) and namespace["J"].shape == (16,)
+    assert namespace["F"].shape == (16, 2)
+    assert namespace["attr"].shape == namespace["xt"].shape
+    rc = namespace["rc"]
+    assert ((rc[~rc.isnan()] >= 0) & (rc[~rc.isnan()] <= 1)).all()
+    assert "Wilcoxon p" in capsys.readouterr().out

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import Attribution
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captum_gradflow.gad.distancing import DistancingPlan
 
