@@ -3,10 +3,10 @@
 Target: 32 Euler steps cost at most 1.0x ``IntegratedGradients(model).attribute(x,
 target=..., n_steps=32)`` at IG's fastest ``internal_batch_size``; Heun counts two model
 evaluations per step, so 16 Heun steps are compared with the same IG. The target rows align
-Brightness (lesion masks) and 8 smoothed noise features (its baseline, DESIGN 2.3), whose
-gradients are closed-form and cheap, so they measure the flow itself. A row without target
-uses the paper's three lesion features instead (Extent and LogAspectRatio recompute
-per-example coordinate moments at every point: that cost belongs to the features).
+Brightness (whole image) and 8 smoothed noise features (the baseline of DESIGN 2.3), whose
+gradients are closed-form and shared by all examples, so they measure the flow itself. A row
+without target uses the paper's three lesion features with lesion masks instead (their
+gradients are recomputed per example at every point: that cost belongs to the features).
 
 The "N steps" rows force every example through all steps (a step so short that no example
 reaches the boundary), the flow's worst case: 33 evaluations (the start point plus one per
@@ -81,7 +81,7 @@ def run(
     masks = data.masks.to(device)
     target = data.labels.to(device)
     noise = noise_features(8, smooth_sigma=2.0)
-    cheap = GradientFlowAlignment(model, [Brightness(mask=masks)] + noise)
+    cheap = GradientFlowAlignment(model, [Brightness()] + noise)
     lesion = GradientFlowAlignment(model, [Brightness(), Extent(), LogAspectRatio()])
     ig = IntegratedGradients(model)
 

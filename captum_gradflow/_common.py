@@ -169,7 +169,8 @@ def decision_margin(output: Tensor, target: TargetType, threshold: float = 0.0) 
         raise ValueError("target is required for a model with several outputs")
     own = select_target(output, target)
     others = output.scatter(1, (idx % output.shape[1]).reshape(-1, 1), float("-inf"))
-    return own - others.max(dim=1).values
+    # amax, not max(dim): max opens a parallel region even for (N, 2), slow on a busy CPU.
+    return own - others.amax(dim=1)
 
 
 def flat(t: Tensor) -> Tensor:
@@ -182,30 +183,39 @@ def flat_tuple(ts: Sequence[Tensor]) -> Tensor:
     return torch.cat([flat(t) for t in ts], dim=1)
 
 
-def squared_cosine(a: Tensor, b: Tensor, eps: float = 0.0) -> Tensor:
-    """Row-wise squared cosine of ``a`` and ``b`` (shape ``(N, d)``) in [0, 1].
+def projection_ratio(energy: Tensor, norm2: Tensor, defined: Optional[Tensor] = None) -> Tensor:
+    """``energy / norm2`` clamped to [0, 1], NaN where undefined (DESIGN 2.1).
 
-    Undefined entries (a zero or non-finite vector) are NaN, never a silent 0 (DESIGN 2.1).
-    ``b`` may also be ``(N, m, d)`` or ``(m, d)``, giving ``(N, m)``.
+    The one NaN rule of the package: a zero or non-finite norm, a non-finite ratio, or
+    ``defined`` False gives NaN, never a silent 0. ``energy`` is a squared projection
+    (``<a, b>^2``, or a sum of them onto an orthonormal basis) and ``norm2`` the product of
+    squared norms it is divided by.
     """
-    a = a.to(torch.promote_types(a.dtype, b.dtype))
-    b = b.to(a.dtype)
-    if b.dim() == 2 and b.shape[0] == a.shape[0] and b.shape[1] == a.shape[1]:
-        dot = (a * b).sum(-1)
-        nb = (b * b).sum(-1)
-    elif b.dim() == 3:
-        dot = torch.einsum("nd,nmd->nm", a, b)
-        nb = (b * b).sum(-1)
-    else:  # (m, d) shared by all examples
-        dot = a @ b.T
-        nb = (b * b).sum(-1).unsqueeze(0)
-    na = (a * a).sum(-1)
-    if dot.dim() == 2:
-        na = na.unsqueeze(1)
-    s = dot * dot / (na * nb)
-    bad = (na <= eps) | (nb <= eps) | ~torch.isfinite(s)
-    s = torch.where(bad, torch.full_like(s, float("nan")), s.clamp(0.0, 1.0))
-    return s
+    s = energy / norm2
+    bad = ~(norm2 > 0) | ~torch.isfinite(s)
+    if defined is not None:
+        bad = bad | ~defined
+    return torch.where(bad, torch.full_like(s, float("nan")), s.clamp(0.0, 1.0))
+
+
+def squared_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Squared cosine of ``a`` (``(N, d)``) with ``b`` in [0, 1], NaN where undefined.
+
+    ``b`` is ``(N, d)`` (row by row, giving ``(N,)``) or ``(N, m, d)`` (``m`` vectors per
+    example, giving ``(N, m)``).
+    """
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(dtype)
+    if b.dim() == 2 and b.shape == a.shape:
+        dot, nb, na = (a * b).sum(-1), (b * b).sum(-1), (a * a).sum(-1)
+    elif b.dim() == 3 and b.shape[0] == a.shape[0] and b.shape[2] == a.shape[1]:
+        dot, nb, na = torch.einsum("nd,nmd->nm", a, b), (b * b).sum(-1), (a * a).sum(-1)[:, None]
+    else:
+        raise ValueError(
+            f"squared_cosine: b of shape {tuple(b.shape)} does not match a of shape {tuple(a.shape)}; "
+            "expected (N, d) or (N, m, d)"
+        )
+    return projection_ratio(dot * dot, na * nb)
 
 
 def count_nan(t: Tensor) -> int:

@@ -29,6 +29,7 @@ from captum_gradflow._common import (
     format_inputs,
     input_gradients,
     prepare_inputs,
+    projection_ratio,
     run_forward,
 )
 from captum_gradflow.features import (
@@ -60,13 +61,6 @@ class _Decision:
     def block(self, i: int) -> Tensor:
         """Basis restricted to input ``i``: ``(N, k, d_i)`` (a view)."""
         return self.basis[:, :, self.offsets[i]:self.offsets[i] + self.sizes[i]]
-
-
-def _finish(energy: Tensor, norm_g: Tensor, defined: Tensor) -> Tensor:
-    """``energy / norm_g`` in [0, 1]; NaN where the model or feature gradient is undefined."""
-    s = energy / norm_g
-    bad = ~defined | ~(norm_g > 0) | ~torch.isfinite(s)
-    return torch.where(bad, torch.full_like(s, float("nan")), s.clamp(0.0, 1.0))
 
 
 class FeatureAlignment(GradientAttribution):
@@ -488,7 +482,7 @@ class FeatureAlignment(GradientAttribution):
                 norm_g = norm_g.expand(n)
             else:
                 dots = (b * g[:, None, :]).sum(-1)  # several times faster than a (d x 1) bmm
-            s[:, j] = _finish((dots * dots).sum(1), norm_g, dec.defined).to(dtype)
+            s[:, j] = projection_ratio((dots * dots).sum(1), norm_g, dec.defined).to(dtype)
         for i, cols, rt, r2t, msk in grads.linear:
             b = dec.block(i).to(rt.dtype)
             if msk is None:
@@ -498,7 +492,7 @@ class FeatureAlignment(GradientAttribution):
                 # <b, r * m> = <b * m, r> and |r * m|^2 = m^2 . r^2: two matmuls, no (N, M, d).
                 dots = (b * msk[:, None]) @ rt
                 norm_g = (msk * msk) @ r2t
-            s[:, cols] = _finish((dots * dots).sum(1), norm_g, dec.defined[:, None]).to(dtype)
+            s[:, cols] = projection_ratio((dots * dots).sum(1), norm_g, dec.defined[:, None]).to(dtype)
         return s
 
 

@@ -34,8 +34,9 @@ from captum_gradflow._common import (
     format_inputs,
     format_output,
     input_gradients,
+    decision_margin,
     prepare_inputs,
-    select_target,
+    projection_ratio,
     target_indices,
 )
 from captum_gradflow.features import Feature, LinearFeature
@@ -96,39 +97,6 @@ def _per_example_mask(mask: Any, n: int) -> bool:
     return isinstance(mask, Tensor) and mask.dim() in (3, 4) and mask.shape[0] == n and n > 1
 
 
-def _margin(output: Tensor, target: TargetType, threshold: float) -> Tensor:
-    """:func:`~captum_gradflow._common.decision_margin`, with ``amax`` for the largest other logit.
-
-    ``Tensor.max(dim=...)`` opens a parallel region even for an ``(N, 2)`` tensor; on a busy
-    CPU each such region waits for a time slice (25 ms measured on the project's 2-core
-    machine, against microseconds for ``amax``), once per step.
-    """
-    n = output.shape[0]
-    if output[0].numel() == 1:
-        return output.reshape(n) - threshold
-    if output.dim() != 2:
-        raise ValueError(
-            f"decision margin needs a (N,) or (N, K) output, got {tuple(output.shape)}"
-        )
-    idx = target_indices(target, n, output.device)
-    if idx is None:
-        raise ValueError("target is required for a model with several outputs")
-    own = select_target(output, target)  # also checks the target's range
-    others = output.scatter(1, (idx % output.shape[1]).reshape(-1, 1), float("-inf"))
-    return own - others.amax(dim=1)
-
-
-def _cos2(dot: Tensor, norm2_m: Tensor, norm2_g: Tensor) -> Tensor:
-    """Squared cosine from its parts, with the NaN rule of ``_common.squared_cosine``.
-
-    The flow already has ``|grad m|^2`` and, for shared directions, ``|grad g|^2``: computing
-    the cosine from parts saves re-reading the ``(n, D)`` gradients at every step.
-    """
-    s = dot * dot / (norm2_m * norm2_g)
-    bad = ~(norm2_m > 0) | ~(norm2_g > 0) | ~torch.isfinite(s)
-    return torch.where(bad, torch.full_like(s, float("nan")), s.clamp(0.0, 1.0))
-
-
 class _FeatureGradients:
     """Squared cosines between ``grad m`` and the feature gradients on the active subset.
 
@@ -186,7 +154,8 @@ class _FeatureGradients:
         nm = norm2_m[:, None]
         for i, cols, mat, norm2 in self.shared:
             mat, norm2 = mat.to(grad_m.dtype), norm2.to(grad_m.dtype)
-            out[:, cols] = _cos2(grad_m[:, self.blocks[i]] @ mat.T, nm, norm2[None])
+            dot = grad_m[:, self.blocks[i]] @ mat.T
+            out[:, cols] = projection_ratio(dot * dot, nm * norm2[None])
         for j in self.other:
             g = self.gradient(j, xs, rows).to(grad_m.dtype)
             gm = grad_m[:, self.blocks[self.features[j].input_index]]
@@ -194,7 +163,7 @@ class _FeatureGradients:
                 dot = gm @ g[0]
             else:
                 dot = torch.bmm(gm.unsqueeze(1), g.unsqueeze(2)).reshape(n)
-            out[:, j] = _cos2(dot, norm2_m, (g * g).sum(1))
+            out[:, j] = projection_ratio(dot * dot, norm2_m * (g * g).sum(1))
         return out
 
 
@@ -373,7 +342,7 @@ class _Flow:
         kept = {}
 
         def margin(out: Tensor, target: TargetType) -> Tensor:
-            kept["m"] = _margin(out, target, self.threshold)
+            kept["m"] = decision_margin(out, target, self.threshold)
             kept["out"] = out
             return kept["m"]
 

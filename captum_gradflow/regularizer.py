@@ -73,7 +73,8 @@ def alignment_penalty(
         >>> loss = F.cross_entropy(out, y) + alignment_penalty(out, x, y, Brightness(), 0.1)
         >>> loss.backward()
     """
-    return AlignmentRegularizer(features, weights, undefined=undefined)(out, inputs, target, mask=mask)
+    reg = AlignmentRegularizer(features, weights, undefined=undefined)
+    return reg(out, inputs, target, mask=mask)
 
 
 class AlignmentRegularizer:
@@ -89,19 +90,33 @@ class AlignmentRegularizer:
     size; each term lies in [0, 1]. It has the gradient of the paper's reward ``-lambda S``.
 
     **Exact mode** (default) shares the training step's forward pass: run ``out = model(x)``
-    once on an ``x`` that requires grad and add ``reg(out, x, y)`` to the loss. The input
-    gradient is built by double backpropagation (``torch.autograd.grad(...,
-    create_graph=True)``), so a step costs about three to four plain steps. Calling
-    ``loss.backward(inputs=params)`` skips the gradient with respect to ``x``, which nothing
-    needs and which is the most expensive backward of a grayscale CNN's first convolution.
+    once on an ``x`` that requires grad and add ``reg(out, x, y)`` to the loss; one backward
+    then carries both terms. The input gradient is built by double backpropagation
+    (``torch.autograd.grad(..., create_graph=True)``). Call ``loss.backward(inputs=params)``:
+    nothing needs ``x.grad``, and building it is the most expensive backward of a grayscale
+    CNN's first convolution. The input gradient of one-input-channel CPU convolutions is
+    computed without oneDNN, whose kernel for that case is several times slower. Measured on
+    2 CPU cores (SmallCNN, batch 16, 1x128x128, 3 features) a step costs about 3.1 plain
+    cross-entropy steps, against 3.7 for a straightforward double-backprop step.
 
-    **Subset mode** (cheaper): ``AlignmentRegularizer(..., fraction=0.25,
-    forward_func=model)`` or :meth:`subset_penalty` re-runs the model on a random
-    ``fraction`` of the batch and penalises only those examples. The subset mean is an
-    unbiased estimate of the batch mean, so the expected gradient is the exact one, with more
-    variance. The re-run is needed because, with a shared forward, backpropagating a subset
-    of the outputs still runs through the whole batch. In this mode ``x`` need not require
-    grad (:attr:`requires_input_grad` is False), and ``out`` is not used.
+    **Subset mode** (cheaper, about 1.6-1.9 plain steps at ``fraction=0.25``):
+    ``AlignmentRegularizer(..., fraction=0.25, forward_func=model)`` or
+    :meth:`subset_penalty` re-runs the model on a random ``fraction`` of the batch and
+    penalises only those examples. The subset mean is an unbiased estimate of the batch
+    mean, so the expected gradient is the exact one, with more variance; in a short training
+    run it reached a lower alignment than the exact mode (joint alignment 0.83-0.87 against
+    0.92-0.93 on the lesions below). The re-run is needed because, with a shared forward,
+    backpropagating a subset of the outputs still runs through the whole batch. In this
+    mode ``x`` need not require grad (:attr:`requires_input_grad` is False) and ``out`` is
+    not used.
+
+    **Schedule.** On an untrained model the penalty can pull harder than the cross-entropy
+    and stall learning for good (every example predicted alike): ``delay`` the penalty for a
+    couple of epochs, then ``warmup`` its weights. On 32-pixel synthetic lesions labelled by
+    brightness + extent (300 training images, batch 32, 20 epochs, Adam 1e-3 with cosine
+    decay, class-balanced cross-entropy) ``weights={"brightness": 10, "extent": 1}`` with a
+    2-epoch delay and a 3-epoch warm-up raised the joint alignment from 0.54-0.66 to
+    0.90-0.94 without losing balanced accuracy.
 
     Caveats:
 
@@ -145,9 +160,11 @@ class AlignmentRegularizer:
         ...                              synthetic_lesions)
         >>> data = synthetic_lesions(64, size=32, rule="brightness+extent")
         >>> model = SmallCNN()  # ELU + average pooling: smooth input gradients
-        >>> reg = AlignmentRegularizer([Brightness(), Extent()], weights=[0.5, 0.5])
+        >>> reg = AlignmentRegularizer([Brightness(), Extent()],
+        ...                            weights={"brightness": 10, "extent": 1},
+        ...                            delay=4, warmup=4)  # steps: 1 epoch each here
         >>> opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        >>> for epoch in range(2):
+        >>> for epoch in range(3):
         ...     for i in range(0, 64, 16):
         ...         x = data.images[i:i + 16].requires_grad_()  # the penalty needs grad f
         ...         y, mask = data.labels[i:i + 16], data.masks[i:i + 16]
@@ -182,7 +199,9 @@ class AlignmentRegularizer:
             raise ValueError(f"undefined must be one of {_UNDEFINED}, got {undefined!r}")
         _check_fraction(fraction)
         if fraction < 1.0 and forward_func is None:
-            raise ValueError("subset mode (fraction < 1) re-runs the model: pass forward_func=model")
+            raise ValueError(
+                "subset mode (fraction < 1) re-runs the model: pass forward_func=model"
+            )
         if forward_func is not None and not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         self.undefined = undefined
@@ -190,7 +209,9 @@ class AlignmentRegularizer:
         self.forward_func = forward_func
         for name, value in (("delay", delay), ("warmup", warmup)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int (number of calls), got {value!r}")
+                raise ValueError(
+                    f"{name} must be a non-negative int (number of calls), got {value!r}"
+                )
         self.delay, self.warmup = delay, warmup
         self.calls = 0
         self._generator = torch.Generator().manual_seed(int(seed))
@@ -290,7 +311,9 @@ class AlignmentRegularizer:
         with torch.enable_grad():
             out = run_forward(forward_func, sub, args)
             # A feature's own per-example mask must follow the subset as well.
-            masks = [_subset_mask(mask if mask is not None else f.mask, idx, n) for f in self.features]
+            masks = [
+                _subset_mask(mask if mask is not None else f.mask, idx, n) for f in self.features
+            ]
             return self._penalty(out, sub, _subset_target(target, idx, n), masks)
 
     # ------------------------------------------------------------------ internals
@@ -299,7 +322,9 @@ class AlignmentRegularizer:
     ) -> Tensor:
         n = xs[0].shape[0]
         if out.dim() == 0 or out.shape[0] != n:
-            raise ValueError(f"out has shape {tuple(out.shape)}; expected one row per example ({n})")
+            raise ValueError(
+                f"out has shape {tuple(out.shape)}; expected one row per example ({n})"
+            )
         check_finite(xs, "inputs")
         check_finite((out.detach(),), "model output")
         leaves = [i for i, t in enumerate(xs) if t.requires_grad]
@@ -320,9 +345,12 @@ class AlignmentRegularizer:
                 create_graph=True, allow_unused=True,
             )
         if all(g is None for g in grads):
-            raise ValueError("the model output does not depend on the inputs: its input gradient is empty")
+            raise ValueError(
+                "the model output does not depend on the inputs: its input gradient is empty"
+            )
         grad_f: Dict[int, Tensor] = {
-            i: (torch.zeros_like(xs[i]) if g is None else g).reshape(n, -1) for i, g in zip(leaves, grads)
+            i: (torch.zeros_like(xs[i]) if g is None else g).reshape(n, -1)
+            for i, g in zip(leaves, grads)
         }
         norm_f = sum((g * g).sum(1) for g in grad_f.values())  # over all inputs (DESIGN 2.1)
         bad_f = ~torch.isfinite(norm_f.detach())
@@ -442,8 +470,8 @@ def _native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
             stack.extend(nxt for nxt, _ in node.next_functions)
             if type(node).__name__ == "ConvolutionBackward0":
                 w = node._saved_weight  # documented access to a node's saved tensors
-                if w.device.type == "cpu" and w.dim() >= 3 and w.shape[1] == 1 and node._saved_groups == 1 \
-                        and not node._saved_transposed:
+                one_channel = w.dim() >= 3 and w.shape[1] == 1 and node._saved_groups == 1
+                if w.device.type == "cpu" and one_channel and not node._saved_transposed:
                     nodes.append(node)
     if not nodes:
         yield
@@ -492,7 +520,9 @@ def _check_weights(weights: Weights, features: List[Feature]) -> List[float]:
             raise ValueError(f"got {len(weights)} weights for {len(features)} features {names}")
         values = list(weights)
     else:
-        raise TypeError(f"weights must be a float, a sequence or a dict, got {type(weights).__name__}")
+        raise TypeError(
+            f"weights must be a float, a sequence or a dict, got {type(weights).__name__}"
+        )
     out = []
     for name, w in zip(names, values):
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
@@ -502,7 +532,8 @@ def _check_weights(weights: Weights, features: List[Feature]) -> List[float]:
 
 
 def _check_fraction(fraction: float) -> None:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+    number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+    if not number or not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
 
 

@@ -145,7 +145,8 @@ def test_per_example_targets_and_tuple_and_none_targets():
     model = TinyELU()
     xg = x.clone().requires_grad_()
     per_example = AlignmentRegularizer(feats)(model(xg), xg, torch.tensor([0, 1, 2, 1]), mask=mask)
-    assert torch.allclose(per_example, _direct(model, x, [0, 1, 2, 1], feats, [1, 1], mask), atol=1e-5)
+    expected = _direct(model, x, [0, 1, 2, 1], feats, [1, 1], mask)
+    assert torch.allclose(per_example, expected, atol=1e-5)
 
     grid = nn.Sequential(TinyELU(outputs=6), nn.Unflatten(1, (2, 3)))  # (N, 2, 3) outputs
     pen = AlignmentRegularizer(feats)(grid(xg), xg, (1, 2), mask=mask)
@@ -182,7 +183,8 @@ def test_mask_per_call_overrides_the_features_own_masks():
     out = model(xg)
     per_call = AlignmentRegularizer([Brightness(), Extent()])(out, xg, 0, mask=mask)
     built_in = AlignmentRegularizer([Brightness(mask), Extent(mask)])(out, xg, 0)
-    overridden = AlignmentRegularizer([Brightness(torch.ones(1, 1, 8, 8)), Extent()])(out, xg, 0, mask=mask)
+    whole = torch.ones(1, 1, 8, 8)
+    overridden = AlignmentRegularizer([Brightness(whole), Extent()])(out, xg, 0, mask=mask)
     unmasked = AlignmentRegularizer([Brightness(), Extent()])(out, xg, 0)
     assert torch.allclose(per_call, built_in) and torch.allclose(per_call, overridden)
     assert not torch.allclose(per_call, unmasked)
@@ -204,7 +206,8 @@ def test_tuple_inputs_use_the_gradient_over_all_inputs():
     pen = AlignmentRegularizer(feat)(model(ug, vg), (ug, vg), 1)
     (gu, gv), _ = input_gradients(model, prepare_inputs((u, v)), 1)
     g = feat.gradient(v)
-    s = (gv * g).flatten(1).sum(1) ** 2 / ((gu.flatten(1) ** 2).sum(1) + (gv.flatten(1) ** 2).sum(1)) / (g.flatten(1) ** 2).sum(1)
+    norm_f = (gu.flatten(1) ** 2).sum(1) + (gv.flatten(1) ** 2).sum(1)  # over both inputs
+    s = (gv * g).flatten(1).sum(1) ** 2 / norm_f / (g.flatten(1) ** 2).sum(1)
     assert torch.allclose(pen, (1 - s).mean(), atol=1e-5)
     with pytest.raises(ValueError, match="reads input 2"):
         AlignmentRegularizer(Brightness(input_index=2))(model(ug, vg), (ug, vg), 1)
@@ -229,10 +232,12 @@ def test_subset_penalty_is_an_unbiased_estimate_and_follows_per_example_argument
     exact = AlignmentRegularizer(feats)(model(xg, scale), xg, target, mask=mask)
     reg = AlignmentRegularizer(feats, seed=3)
     # fraction 1 draws a permutation: equal only if targets, masks and args were permuted alike
-    full = reg.subset_penalty(model, x, target, fraction=1.0, mask=mask, additional_forward_args=scale)
+    full = reg.subset_penalty(model, x, target, fraction=1.0, mask=mask,
+                              additional_forward_args=scale)
     assert torch.allclose(full, exact, atol=1e-5)
     draws = torch.stack([
-        reg.subset_penalty(model, x, torch.tensor(target), 0.5, mask, scale).detach() for _ in range(200)
+        reg.subset_penalty(model, x, torch.tensor(target), 0.5, mask, scale).detach()
+        for _ in range(200)
     ])
     assert len(set(draws.tolist())) > 5  # different subsets were drawn
     standard_error = draws.std().item() / len(draws) ** 0.5
@@ -243,7 +248,8 @@ def test_subset_penalty_is_an_unbiased_estimate_and_follows_per_example_argument
 def test_subset_mode_in_the_constructor_needs_no_input_grad_and_trains():
     model = TinyELU()
     x, mask = _batch(8)
-    reg = AlignmentRegularizer([Brightness(mask[:1]), Extent()], 0.5, fraction=0.25, forward_func=model, seed=1)
+    reg = AlignmentRegularizer([Brightness(mask[:1]), Extent()], 0.5, fraction=0.25,
+                               forward_func=model, seed=1)
     assert not reg.requires_input_grad and AlignmentRegularizer(Brightness()).requires_input_grad
     twin = AlignmentRegularizer([Brightness(mask[:1]), Extent()], 0.5, seed=1)
     with torch.no_grad():  # the penalty builds its own graph
@@ -266,17 +272,50 @@ def test_features_own_per_example_masks_follow_the_subset():
     assert torch.allclose(full, exact, atol=1e-5)
 
 
-def test_warmup_ramps_the_weights_linearly():
+def test_delay_then_warmup_ramps_the_weights_linearly():
     model = TinyELU()
     x, mask = _batch()
     xg = x.clone().requires_grad_()
     out = model(xg)
     full = AlignmentRegularizer(Brightness(), 2.0)(out, xg, 1, mask=mask)
-    reg = AlignmentRegularizer(Brightness(), 2.0, warmup=4)
-    values = [reg(out, xg, 1, mask=mask).item() for _ in range(6)]
-    expected = [full.item() * min(1.0, k / 4) for k in range(1, 7)]
+    reg = AlignmentRegularizer(Brightness(), 2.0, delay=2, warmup=4)
+    values = []
+    for _ in range(8):
+        values.append(reg(out, xg, 1, mask=mask).item())
+        if len(values) <= 2:  # nothing is computed during the delay
+            assert reg.last_alignment == {}
+    expected = [0.0, 0.0] + [full.item() * min(1.0, k / 4) for k in range(1, 7)]
     assert values == pytest.approx(expected, rel=1e-5)
-    assert reg.calls == 6 and reg.scale == 1.0
+    assert reg.calls == 8 and reg.scale == 1.0
+
+
+def test_one_channel_convolutions_skip_onednn_without_changing_the_result():
+    # The first layer's input gradient runs on PyTorch's native kernel (faster); the
+    # penalty and its parameter gradients must equal those computed with oneDNN off, and
+    # the global flag must be back on afterwards, also after an error.
+    model = TinyELU()
+    x, mask = _batch()
+    reg = AlignmentRegularizer([Brightness(), Extent()])
+
+    def penalty_and_grads():
+        xg = x.clone().requires_grad_()
+        pen = reg(model(xg), xg, 1, mask=mask)
+        return pen.detach(), torch.autograd.grad(pen, [model.conv.weight, model.fc.weight])
+
+    assert torch.backends.mkldnn.enabled
+    with_hooks = penalty_and_grads()
+    assert torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # (the flags() context manager warns about TF32)
+    try:
+        reference = penalty_and_grads()
+    finally:
+        torch.backends.mkldnn.enabled = True
+    assert torch.allclose(with_hooks[0], reference[0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(with_hooks[1], reference[1]))
+    xg = x.clone().requires_grad_()
+    with pytest.raises(ValueError):
+        reg(model(xg) * float("inf"), xg, 1, mask=mask)
+    assert torch.backends.mkldnn.enabled
 
 
 # ---------------------------------------------------------------------- bad input
@@ -401,7 +440,8 @@ def fit(model, data, reg, seed, epochs=TUNED_EPOCHS, lr=TUNED_LR, batch=TUNED_BA
     return model
 
 
-def lesion_experiment(seed: int, weights=TUNED_WEIGHTS, fraction: float = 1.0, n_train: int = 300, n_test: int = 600):
+def lesion_experiment(seed: int, weights=TUNED_WEIGHTS, fraction: float = 1.0,
+                      n_train: int = 300, n_test: int = 600):
     """Joint alignment J and balanced accuracy on held-out lesions, without and with the penalty."""
     data = synthetic_lesions(n_train + n_test, size=32, seed=seed, rule="brightness+extent",
                              positive_fraction=0.13)
@@ -419,8 +459,10 @@ def lesion_experiment(seed: int, weights=TUNED_WEIGHTS, fraction: float = 1.0, n
         warnings.simplefilter("error")  # no undefined alignments expected on this data
         for name, model, r in (("plain", plain, None), ("regularized", regularized, reg)):
             fit(model, train, r, seed)
-            joint = FeatureAlignment(model, feats).joint(test.images, target=test.labels, mask=test.masks)
-            results[name] = (joint.nanmean().item(), balanced_accuracy(model, test.images, test.labels))
+            joint = FeatureAlignment(model, feats).joint(test.images, target=test.labels,
+                                                         mask=test.masks)
+            accuracy = balanced_accuracy(model, test.images, test.labels)
+            results[name] = (joint.nanmean().item(), accuracy)
     return results
 
 
