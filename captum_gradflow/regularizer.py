@@ -96,10 +96,11 @@ class AlignmentRegularizer:
     nothing needs ``x.grad``, and building it is the most expensive backward of a grayscale
     CNN's first convolution. The input gradient of one-input-channel CPU convolutions is
     computed without oneDNN, whose kernel for that case is several times slower. Measured on
-    2 CPU cores (SmallCNN, batch 16, 1x128x128, 3 features) a step costs about 3.1 plain
-    cross-entropy steps, against 3.7 for a straightforward double-backprop step.
+    2 CPU cores (SmallCNN, batch 16, 1x128x128, 3 features) a step costs 2.8-3.1 plain
+    cross-entropy steps, against 3.3-3.6 for a straightforward double-backprop step
+    (``benchmarks/bench_regularizer.py``).
 
-    **Subset mode** (cheaper, about 1.6-1.9 plain steps at ``fraction=0.25``):
+    **Subset mode** (cheaper, 1.8-2.0 plain steps at ``fraction=0.25``):
     ``AlignmentRegularizer(..., fraction=0.25, forward_func=model)`` or
     :meth:`subset_penalty` re-runs the model on a random ``fraction`` of the batch and
     penalises only those examples. The subset mean is an unbiased estimate of the batch

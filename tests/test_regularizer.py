@@ -30,15 +30,6 @@ TUNED_WEIGHTS = {"brightness": 10.0, "extent": 1.0}
 TUNED_EPOCHS, TUNED_DELAY_EPOCHS, TUNED_WARMUP_EPOCHS, TUNED_LR, TUNED_BATCH = 20, 2, 3, 1e-3, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions run fastest on one thread, and it keeps timings steady on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyELU(nn.Module):
     """Conv -> ELU -> avg pool -> dense: smooth input gradients, cheap in double precision."""
 
@@ -417,26 +408,9 @@ def test_train_classifier_accepts_the_regularizer():
 
 def fit(model, data, reg, seed, epochs=TUNED_EPOCHS, lr=TUNED_LR, batch=TUNED_BATCH):
     """Class-balanced cross-entropy, Adam with cosine decay; masks follow each batch."""
-    x, y, m = data.images, data.labels, data.masks
-    counts = torch.bincount(y, minlength=2).float()
-    weight = counts.sum() / (2 * counts)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    gen = torch.Generator().manual_seed(seed)
-    params = list(model.parameters())
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
-            xb = x[idx].requires_grad_(reg is not None and reg.requires_input_grad)
-            out = model(xb)
-            loss = F.cross_entropy(out, y[idx], weight=weight)
-            if reg is not None:
-                loss = loss + reg(out, xb, y[idx], mask=m[idx])
-            opt.zero_grad()
-            loss.backward(inputs=params)
-            opt.step()
-        sched.step()
+    train_classifier(model, data.images, data.labels, epochs=epochs, lr=lr, batch_size=batch,
+                     regularizer=reg, masks=data.masks if reg is not None else None,
+                     class_weight="balanced", lr_schedule="cosine", seed=seed, progress=False)
     return model
 
 
