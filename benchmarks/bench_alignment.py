@@ -12,11 +12,10 @@ from __future__ import annotations
 import warnings
 from typing import Dict, List
 
-import torch
 from captum.attr import Saliency
 
-from benchmarks.common import make_model, row, time_side_by_side
-from captum_gradflow import Brightness, Extent, FeatureAlignment, LogAspectRatio, synthetic_lesions
+from benchmarks.common import lesion_batch, row, time_side_by_side
+from captum_gradflow import Brightness, Extent, FeatureAlignment, LogAspectRatio
 
 TARGET_RATIO = 1.15
 
@@ -29,14 +28,10 @@ def run(
     size: int = 128,
 ) -> List[Dict[str, object]]:
     """Time compare_to_noise, attribute and joint next to Saliency on the same batch."""
-    channels = 3 if model_name == "resnet18" else 1
-    model = make_model(model_name, num_classes=2, in_channels=channels, device=device)
-    if model is None:
+    setup = lesion_batch(model_name, batch, size, device)
+    if setup is None:
         return []
-    data = synthetic_lesions(batch, size=size, seed=0)
-    x = data.images.expand(-1, channels, -1, -1).contiguous().to(device)
-    masks = data.masks.to(device)
-    target = data.labels.to(device)
+    model, x, masks, target = setup
     saliency = Saliency(model)
     fa = FeatureAlignment(model, [Brightness(), Extent(), LogAspectRatio()])
 

@@ -27,14 +27,13 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from captum.attr import IntegratedGradients
 
-from benchmarks.common import make_model, row, time_side_by_side
+from benchmarks.common import lesion_batch, row, time_side_by_side
 from captum_gradflow import (
     Brightness,
     Extent,
     GradientFlowAlignment,
     LogAspectRatio,
     noise_features,
-    synthetic_lesions,
 )
 
 TARGET_RATIO = 1.0
@@ -72,14 +71,10 @@ def run(
     size: int = 128,
 ) -> List[Dict[str, object]]:
     """Time the flow (Euler, Heun, default step) next to the fastest IG with as many steps."""
-    channels = 3 if model_name == "resnet18" else 1
-    model = make_model(model_name, num_classes=2, in_channels=channels, device=device)
-    if model is None:
+    setup = lesion_batch(model_name, batch, size, device)
+    if setup is None:
         return []
-    data = synthetic_lesions(batch, size=size, seed=0)
-    x = data.images.expand(-1, channels, -1, -1).contiguous().to(device)
-    masks = data.masks.to(device)
-    target = data.labels.to(device)
+    model, x, masks, target = setup
     noise = noise_features(8, smooth_sigma=2.0)
     cheap = GradientFlowAlignment(model, [Brightness()] + noise)
     lesion = GradientFlowAlignment(model, [Brightness(), Extent(), LogAspectRatio()])

@@ -91,3 +91,19 @@ def make_model(name: str, num_classes: int = 2, in_channels: int = 1, device: st
     else:
         raise ValueError(f"unknown model {name!r}")
     return model.to(device).eval()
+
+
+def lesion_batch(model_name: str, batch: int, size: int, device: str = "cpu"):
+    """``(model, x, masks, target)`` for one batch of synthetic lesions, or ``None``.
+
+    ResNet-18 takes three channels, so the grey images are repeated across them.
+    """
+    from captum_gradflow.datasets import synthetic_lesions
+
+    channels = 3 if model_name == "resnet18" else 1
+    model = make_model(model_name, num_classes=2, in_channels=channels, device=device)
+    if model is None:
+        return None
+    data = synthetic_lesions(batch, size=size, seed=0)
+    x = data.images.expand(-1, channels, -1, -1).contiguous().to(device)
+    return model, x, data.masks.to(device), data.labels.to(device)

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "MAIN",
     "fmt_ms",
     "fmt_target",
     "render_markdown",
+    "main_rows",
     "render_main_table",
     "render_scaling_table",
     "scaling_pairs",
+    "checked_rows",
     "misses",
     "describe",
     "write_json",
@@ -60,17 +62,25 @@ def _identity(row: Mapping[str, object]) -> Tuple[str, str, str]:
     return (str(row.get("topic", "")), str(row.get("model", "")), str(row.get("name", "")))
 
 
+def main_rows(rows: Sequence[Mapping[str, object]]) -> List[Mapping[str, object]]:
+    """Rows of the main point, in run order; where a benchmark ran with full and quick
+    settings (the quick one is the scaling reference), the full one."""
+    full = {_identity(r) for r in rows if r.get("config", MAIN) == MAIN and not r.get("quick")}
+    # Run order (topic list, then model) reads better than alphabetical order.
+    return [r for r in rows if r.get("config", MAIN) == MAIN
+            and not (r.get("quick") and _identity(r) in full)]
+
+
 def render_main_table(rows: Sequence[Mapping[str, object]]) -> str:
     """One line per benchmark at the default batch and size: absolute times, ratio vs target."""
-    # Run order (topic list, then model) reads better than alphabetical order.
-    main = [r for r in rows if r.get("config", MAIN) == MAIN]
     lines = [
-        "| topic | benchmark | model | batch | px | ours ms | base ms | ratio | target | ok | note |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|:-:|---|",
+        "| topic | benchmark | model | settings | batch | px | ours ms | base ms | ratio | target | ok | note |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|:-:|---|",
     ]
-    for r in main:
+    for r in main_rows(rows):
         lines.append(
-            f"| {_cell(r.get('topic', ''))} | {_cell(r['name'])} | {_cell(r['model'])} | {r['batch']} "
+            f"| {_cell(r.get('topic', ''))} | {_cell(r['name'])} | {_cell(r['model'])} "
+            f"| {'quick' if r.get('quick') else 'full'} | {r['batch']} "
             f"| {r['size']} | {fmt_ms(float(r['ours_ms']))} | {fmt_ms(float(r['base_ms']))} "
             f"| {float(r['ratio']):.3f} | {fmt_target(r['target'])} | {_mark(r)} | {_cell(r.get('note', ''))} |"
         )
@@ -80,16 +90,16 @@ def render_main_table(rows: Sequence[Mapping[str, object]]) -> str:
 def scaling_pairs(rows: Sequence[Mapping[str, object]]) -> List[Tuple[str, Mapping[str, object], Mapping[str, object]]]:
     """``(axis, smaller, main)`` for every benchmark measured both at a scaling point and at main.
 
-    Rows are matched on (topic, model, name) and, when a module reports several rows of one
-    name, on their order within the run.
+    Rows are matched on (topic, model, name, quick settings or not) and, when a module reports
+    several rows of one name, on their order within the run.
     """
-    def index(config: str) -> Dict[Tuple[str, str, str, int], Mapping[str, object]]:
-        seen: Dict[Tuple[str, str, str], int] = {}
-        out: Dict[Tuple[str, str, str, int], Mapping[str, object]] = {}
+    def index(config: str) -> Dict[Tuple[str, str, str, bool, int], Mapping[str, object]]:
+        seen: Dict[Tuple[str, str, str, bool], int] = {}
+        out: Dict[Tuple[str, str, str, bool, int], Mapping[str, object]] = {}
         for r in rows:
             if r.get("config", MAIN) != config:
                 continue
-            key = _identity(r)
+            key = _identity(r) + (bool(r.get("quick")),)
             k = seen.get(key, 0)
             seen[key] = k + 1
             out[key + (k,)] = r
@@ -132,9 +142,15 @@ def render_scaling_table(rows: Sequence[Mapping[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def misses(rows: Iterable[Mapping[str, object]]) -> List[Mapping[str, object]]:
-    """Rows whose ratio is above their target (rows without a target never miss)."""
-    return [r for r in rows if r.get("ok") is False]
+def checked_rows(rows: Sequence[Mapping[str, object]]) -> List[Mapping[str, object]]:
+    """The rows ``--check`` reads: the main table's and every scaling point's (a quick main
+    row shadowed by a full one only serves as the scaling reference)."""
+    return main_rows(rows) + [r for r in rows if r.get("config", MAIN) != MAIN]
+
+
+def misses(rows: Sequence[Mapping[str, object]]) -> List[Mapping[str, object]]:
+    """Checked rows whose ratio is above their target (rows without a target never miss)."""
+    return [r for r in checked_rows(rows) if r.get("ok") is False]
 
 
 def describe(row: Mapping[str, object]) -> str:
@@ -157,7 +173,8 @@ def render_markdown(
         f"torch {meta.get('torch', '?')}, captum {meta.get('captum', '?')}; "
         f"load average at start {meta.get('loadavg_start', '?')}, at end {meta.get('loadavg_end', '?')}.",
         "",
-        "Ratio = ours / base (lower is better), medians after warm-up; times in ms.",
+        "Ratio = ours / base (lower is better), medians after warm-up; times in ms. Settings: "
+        "`full` = the module's full repeats and workload, `quick` = its quick ones.",
         "",
         render_main_table(rows),
     ]
@@ -167,7 +184,8 @@ def render_markdown(
     if notes:
         header += ["", "### Notes", ""] + [f"- {_cell(n)}" for n in notes]
     missed = misses(rows)
-    header += ["", f"{len(missed)} of {sum(r.get('ok') is not None for r in rows)} ratios miss their target."]
+    n_checked = sum(r.get("ok") is not None for r in checked_rows(rows))
+    header += ["", f"{len(missed)} of {n_checked} ratios miss their target."]
     header += [f"- {describe(r)}" for r in missed]
     return "\n".join(header) + "\n"
 

@@ -57,28 +57,46 @@ RunFn = Callable[..., List[Dict[str, object]]]
 
 @dataclass(frozen=True)
 class Config:
-    """One point of the plan: which model, batch and image size, and why it is measured."""
+    """One point of the plan: which model, batch and image size, why, and with which settings."""
 
     model: str
     batch: int
     size: int
     label: str  # MAIN, or the scaling axis that was halved: "batch" / "size"
+    quick: bool  # passed to the module: few repeats and lighter settings
 
 
 def build_plan(models: Sequence[str], quick: bool, batch: int = 16, size: int = 128,
-               scaling: bool = True) -> List[Config]:
-    """Main point for every model, then the two scaling points (half batch, half size).
+               scaling: bool = True, all_full: bool = False) -> List[Config]:
+    """Main point for every model, then the scaling points (half batch, half image side).
 
-    Quick mode keeps scaling on the small CNN only: ResNet-18 at three points would take
-    ``make bench`` past its few-minutes budget on two cores.
+    ``quick``: every point with the modules' quick settings, scaling on the small CNN only,
+    so ``make bench`` stays within a few minutes on two cores.
+
+    Full mode spends its time where the targets are read: the small CNN's main point runs the
+    modules' full settings; its scaling points (growth factors, not target-grade medians) and
+    ResNet-18 (several times the small CNN's cost per pass on CPU) run the quick settings,
+    and ResNet-18 is not scaled. ``all_full`` (the default on CUDA, where ResNet-18 is cheap)
+    runs every point with full settings and scales ResNet-18 too: about half an hour on two
+    CPU cores.
     """
-    plan = [Config(m, batch, size, MAIN) for m in models]
+    def point_quick(model: str, label: str) -> bool:
+        if quick:
+            return True
+        return not (all_full or (model == "small_cnn" and label == MAIN))
+
+    plan = [Config(m, batch, size, MAIN, point_quick(m, MAIN)) for m in models]
     if scaling:
         for m in models:
-            if quick and m != "small_cnn":
+            if m != "small_cnn" and (quick or not all_full):
                 continue
-            plan.append(Config(m, max(1, batch // 2), size, "batch"))
-            plan.append(Config(m, batch, max(8, size // 2), "size"))
+            q = point_quick(m, "batch")
+            if q != point_quick(m, MAIN):
+                # Growth factors must compare like with like (quick settings change repeats
+                # and, in some modules, the workload): a main point with the scaling settings.
+                plan.append(Config(m, batch, size, MAIN, q))
+            plan.append(Config(m, max(1, batch // 2), size, "batch", q))
+            plan.append(Config(m, batch, max(8, size // 2), "size", q))
     return plan
 
 
@@ -141,7 +159,6 @@ def _valid_rows(out: object) -> Tuple[List[Dict[str, object]], Optional[str]]:
 def run_all(
     topics: Mapping[str, RunFn],
     plan: Sequence[Config],
-    quick: bool,
     device: str,
     log: TextIO = sys.stderr,
 ) -> Tuple[List[Dict[str, object]], List[Dict[str, object]], List[str], List[str]]:
@@ -156,13 +173,13 @@ def run_all(
     notes: List[str] = []
     for topic, fn in topics.items():
         for cfg in plan:
-            where = f"{topic} [{cfg.model}, batch {cfg.batch}, {cfg.size} px]"
+            where = f"{topic} [{cfg.model}, batch {cfg.batch}, {cfg.size} px{', quick' if cfg.quick else ''}]"
             print(f"{where} ...", end="", file=log, flush=True)
             torch.manual_seed(0)  # each run starts from the same state, whatever ran before
             t0 = time.perf_counter()
             status = "ok"
             try:
-                out = fn(quick=quick, device=device, model_name=cfg.model, batch=cfg.batch, size=cfg.size)
+                out = fn(quick=cfg.quick, device=device, model_name=cfg.model, batch=cfg.batch, size=cfg.size)
                 got, problem = _valid_rows(out)
                 if problem:
                     status = "contract"
@@ -180,7 +197,7 @@ def run_all(
             print(f" {seconds:.1f} s, {len(got)} rows{'' if status == 'ok' else ', ' + status}",
                   file=log, flush=True)
             for r in got:
-                r["topic"], r["config"] = topic, cfg.label
+                r["topic"], r["config"], r["quick"] = topic, cfg.label, cfg.quick
                 rows.append(r)
             runs.append({**asdict(cfg), "topic": topic, "seconds": round(seconds, 2),
                          "status": status, "rows": len(got)})
@@ -254,6 +271,8 @@ def _parse(argv: Optional[Sequence[str]], choices: Sequence[str]) -> argparse.Na
     p.add_argument("--batch", type=int, default=16, help="main batch size (scaling uses half)")
     p.add_argument("--size", type=int, default=128, help="main image side in px (scaling uses half)")
     p.add_argument("--no-scaling", action="store_true", help="only the main batch and size")
+    p.add_argument("--all-full", action="store_true",
+                   help="without --quick: full settings at every point, ResNet-18 scaled too (default on CUDA)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="JSON file to write (default benchmarks/results.json); the markdown goes beside it")
     return p.parse_args(argv)
@@ -283,9 +302,10 @@ def main(argv: Optional[Sequence[str]] = None, topics: Optional[Mapping[str, Run
         if import_torchvision() is None:
             models.remove("resnet18")
             notes.append("resnet18: skipped, torchvision cannot be imported here")
-    plan = build_plan(models, args.quick, args.batch, args.size, scaling=not args.no_scaling)
+    all_full = args.all_full or str(args.device).startswith("cuda")
+    plan = build_plan(models, args.quick, args.batch, args.size, scaling=not args.no_scaling, all_full=all_full)
 
-    rows, runs, run_failures, run_notes = run_all(loaded, plan, args.quick, args.device)
+    rows, runs, run_failures, run_notes = run_all(loaded, plan, args.device)
     failures += run_failures
     notes += run_notes
     meta["loadavg_end"] = _loadavg()

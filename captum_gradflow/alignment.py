@@ -34,6 +34,7 @@ from captum_gradflow._common import (
 )
 from captum_gradflow.features import (
     Brightness,
+    as_feature_list,
     CoordinateMoments,
     Extent,
     Feature,
@@ -117,16 +118,7 @@ class FeatureAlignment(GradientAttribution):
         rank_tol: Optional[float] = None,
     ) -> None:
         GradientAttribution.__init__(self, forward_func)
-        if isinstance(features, Feature):
-            features = [features]
-        if not isinstance(features, (list, tuple)) or len(features) == 0:
-            raise TypeError("features must be a Feature or a non-empty sequence of Features")
-        for f in features:
-            if not isinstance(f, Feature):
-                raise TypeError(
-                    f"features must be Feature objects (use Feature.from_callable for a "
-                    f"function), got {type(f).__name__}"
-                )
+        features = as_feature_list(features)
         if rank_tol is not None and not rank_tol >= 0:
             raise ValueError(f"rank_tol must be non-negative, got {rank_tol}")
         self.features: List[Feature] = list(features)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -454,6 +454,23 @@ class NoiseFeature(LinearFeature):
             r = r / r.norm()
             self._cache[key] = r.to(dtype=x.dtype, device=x.device)
         return self._cache[key]
+
+
+def as_feature_list(features: Union[Feature, Sequence[Feature]]) -> List[Feature]:
+    """A feature or a sequence of them as a list, with errors naming the problem."""
+    if isinstance(features, Feature):
+        return [features]
+    if not isinstance(features, (list, tuple)):
+        raise TypeError(f"features must be a Feature or a sequence of Features, got {type(features).__name__}")
+    if len(features) == 0:
+        raise ValueError("features is empty: give at least one Feature to align with")
+    for f in features:
+        if not isinstance(f, Feature):
+            raise TypeError(
+                f"features must be Feature objects (use Feature.from_callable for a function), "
+                f"got {type(f).__name__}"
+            )
+    return list(features)
 
 
 def noise_features(

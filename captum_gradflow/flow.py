@@ -39,7 +39,7 @@ from captum_gradflow._common import (
     projection_ratio,
     target_indices,
 )
-from captum_gradflow.features import Feature, LinearFeature
+from captum_gradflow.features import Feature, LinearFeature, as_feature_list
 
 __all__ = ["GradientFlowAlignment", "FlowResult"]
 
@@ -205,19 +205,8 @@ class GradientFlowAlignment(GradientAttribution):
     """
 
     def __init__(self, forward_func: Callable[..., Tensor], features: Sequence[Feature]) -> None:
-        if isinstance(features, Feature):
-            features = [features]
-        features = list(features)
-        if not features:
-            raise ValueError("features is empty: give at least one Feature to align with")
-        for f in features:
-            if not isinstance(f, Feature):
-                raise TypeError(
-                    f"features must be Feature objects, got {type(f).__name__} (wrap a function "
-                    "with Feature.from_callable)"
-                )
         super().__init__(forward_func)
-        self.features = features
+        self.features = as_feature_list(features)
 
     @log_usage()
     def attribute(

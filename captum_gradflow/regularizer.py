@@ -27,7 +27,7 @@ from captum_gradflow._common import (
     run_forward,
     select_target,
 )
-from captum_gradflow.features import Feature
+from captum_gradflow.features import Feature, as_feature_list
 
 __all__ = ["AlignmentRegularizer", "alignment_penalty"]
 
@@ -194,7 +194,7 @@ class AlignmentRegularizer:
         delay: int = 0,
         warmup: int = 0,
     ) -> None:
-        self.features: List[Feature] = _check_features(features)
+        self.features: List[Feature] = as_feature_list(features)
         self.weights = weights
         if undefined not in _UNDEFINED:
             raise ValueError(f"undefined must be one of {_UNDEFINED}, got {undefined!r}")
@@ -491,20 +491,6 @@ def _native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
         for h in handles:
             h.remove()
         torch.backends.mkldnn.enabled = True
-
-
-def _check_features(features: Any) -> List[Feature]:
-    if isinstance(features, Feature):
-        features = [features]
-    if not isinstance(features, (list, tuple)) or len(features) == 0:
-        raise TypeError("features must be a Feature or a non-empty sequence of Features")
-    for f in features:
-        if not isinstance(f, Feature):
-            raise TypeError(
-                "features must be Feature objects (use Feature.from_callable for a function), "
-                f"got {type(f).__name__}"
-            )
-    return list(features)
 
 
 def _check_weights(weights: Weights, features: List[Feature]) -> List[float]:

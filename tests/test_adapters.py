@@ -25,15 +25,6 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: intra-op threads only fight the other test processes for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def small():
     torch.manual_seed(0)

@@ -69,16 +69,46 @@ def test_topic_module_imports_and_exposes_run(topic):
     assert [(p.name, p.default) for p in params[: len(CONTRACT)]] == list(CONTRACT)
 
 
-def test_plan_scales_only_the_small_cnn_in_quick_mode():
-    full = build_plan(["small_cnn", "resnet18"], quick=False)
-    quick = build_plan(["small_cnn", "resnet18"], quick=True)
-    assert {(c.model, c.batch, c.size, c.label) for c in full} == {
-        (m, b, s, lab) for m in ("small_cnn", "resnet18")
-        for b, s, lab in ((16, 128, MAIN), (8, 128, "batch"), (16, 64, "size"))
+def _points(plan):
+    return {(c.model, c.batch, c.size, c.label, c.quick) for c in plan}
+
+
+def test_plan_quick_mode_scales_only_the_small_cnn():
+    plan = build_plan(["small_cnn", "resnet18"], quick=True)
+    assert _points(plan) == {
+        ("small_cnn", 16, 128, MAIN, True), ("resnet18", 16, 128, MAIN, True),
+        ("small_cnn", 8, 128, "batch", True), ("small_cnn", 16, 64, "size", True),
     }
-    assert {c.model for c in quick if c.label != MAIN} == {"small_cnn"}
-    assert {c.model for c in quick if c.label == MAIN} == {"small_cnn", "resnet18"}
-    assert all(c.label == MAIN for c in build_plan(["small_cnn"], quick=False, scaling=False))
+    assert all(c.label == MAIN for c in build_plan(["small_cnn"], quick=True, scaling=False))
+
+
+def test_plan_full_mode_is_full_where_targets_are_read_and_scales_like_with_like():
+    plan = build_plan(["small_cnn", "resnet18"], quick=False)
+    assert _points(plan) == {
+        ("small_cnn", 16, 128, MAIN, False),  # the target-grade point
+        ("resnet18", 16, 128, MAIN, True),
+        # scaling with quick settings, against a quick main point of its own
+        ("small_cnn", 16, 128, MAIN, True), ("small_cnn", 8, 128, "batch", True),
+        ("small_cnn", 16, 64, "size", True),
+    }
+    everything = build_plan(["small_cnn", "resnet18"], quick=False, all_full=True, batch=32, size=224)
+    assert _points(everything) == {
+        (m, b, s, lab, False) for m in ("small_cnn", "resnet18")
+        for b, s, lab in ((32, 224, MAIN), (16, 224, "batch"), (32, 112, "size"))
+    }
+
+
+def test_full_rows_shadow_their_quick_reference_in_the_main_table_and_check():
+    full = dict(row("op", 30.0, 10.0, 2.0, "small_cnn", 16, 128, "cpu"), topic="t", config=MAIN, quick=False)
+    ref = dict(row("op", 10.0, 10.0, 0.5, "small_cnn", 16, 128, "cpu"), topic="t", config=MAIN, quick=True)
+    small = dict(row("op", 5.0, 5.0, 2.0, "small_cnn", 8, 128, "cpu"), topic="t", config="batch", quick=True)
+    rows = [full, ref, small]
+    assert report.main_rows(rows) == [full]
+    assert report.misses(rows) == [full]  # the quick reference misses too, but is not read
+    (axis, s, m), = report.scaling_pairs(rows)
+    assert (axis, s, m) == ("batch", small, ref)  # quick against quick
+    table = report.render_main_table(rows)
+    assert "| full |" in table and "| quick |" not in table
 
 
 def test_table_marks_each_ratio_against_its_target():
@@ -124,7 +154,7 @@ def test_run_writes_json_and_markdown_and_passes_the_device_through(tmp_path, ca
     code = main(["--quick", "--models", "small_cnn", "--out", str(out)],
                 topics={"alpha": make_topic(PASS_TARGET, calls)})
     assert code == 0
-    assert calls == [
+    assert calls == [  # the plan's points, in order, with the device passed through
         dict(quick=True, device="cpu", model_name="small_cnn", batch=16, size=128),
         dict(quick=True, device="cpu", model_name="small_cnn", batch=8, size=128),
         dict(quick=True, device="cpu", model_name="small_cnn", batch=16, size=64),
@@ -179,3 +209,16 @@ def test_cuda_request_without_cuda_exits_2(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the cuda path is exercised by the real runner")
     assert main(["--device", "cuda", "--out", str(tmp_path / "r.json")], topics={}) == 2
+
+
+def test_full_mode_passes_each_points_settings_to_the_module(tmp_path, capsys):
+    calls: List[Dict[str, object]] = []
+    out = tmp_path / "r.json"
+    assert main(["--models", "small_cnn", "--out", str(out)], topics={"alpha": make_topic(PASS_TARGET, calls)}) == 0
+    assert [(c["quick"], c["batch"], c["size"]) for c in calls] == [
+        (False, 16, 128), (True, 16, 128), (True, 8, 128), (True, 16, 64)]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["meta"]["quick"] is False
+    assert [r["quick"] for r in data["rows"]] == [False, True, True, True]
+    main_table = capsys.readouterr().out.split("### Scaling")[0]
+    assert main_table.count("tiny matmul") == 1 and "| full |" in main_table

@@ -19,15 +19,6 @@ from captum_gradflow import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation cost on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def ellipse(a: float, b: float, size: int = 32, value: float = 1.0, angle: float = 0.0) -> torch.Tensor:
     """A soft ellipse with semi-axes ``a``, ``b`` on a zero background, ``(1, 1, size, size)``."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) - (size - 1) / 2

@@ -22,16 +22,6 @@ from captum_gradflow import (
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine every parallel region
-    waits for a time slice (tens of ms): run single-threaded, then restore the setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def sq_cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) ** 2 / ((a @ a) * (b @ b)))
 

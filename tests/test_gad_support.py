@@ -14,15 +14,6 @@ from captum_gradflow.gad import make_plan, make_support_models, rebind, train_su
 from captum_gradflow.gad.support import as_tensors, find_model, frozen_copy, predict_logits
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: intra-op threads only fight the other test processes for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)

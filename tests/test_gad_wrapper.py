@@ -22,15 +22,6 @@ from captum_gradflow import GADWrapper, SmallCNN, digits_pair, train_classifier
 N_TEST = 48  # test images explained (enough for the "most images" claims, fast with IG)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: intra-op threads only fight the other test processes for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fingerprint(model: nn.Module) -> str:
     """Hash of everything GAD promises not to touch: values, flags, modes, hooks."""
     h = hashlib.sha256()

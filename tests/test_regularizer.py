@@ -380,7 +380,7 @@ def test_bad_construction_arguments_are_clear_errors():
     b = Brightness()
     with pytest.raises(TypeError, match="Feature objects"):
         AlignmentRegularizer([b, lambda t: t.sum()])
-    with pytest.raises(TypeError, match="non-empty"):
+    with pytest.raises(ValueError, match="features is empty"):
         AlignmentRegularizer([])
     with pytest.raises(ValueError, match="'brightness' must be a finite number >= 0"):
         AlignmentRegularizer(b, -1.0)
