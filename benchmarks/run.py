@@ -6,14 +6,16 @@ Usage::
 
 Each topic module ``benchmarks/bench_<topic>.py`` (fixed list :data:`TOPICS`) is imported; one
 that fails to import is skipped with a note. Each is run on the paper's small CNN and on the
-ResNet-18-shaped model (skipped with a note where torchvision cannot import), at the main
-batch and image size, and, to show how costs grow, at half the batch and half the image size
-(in ``--quick`` mode on the small CNN only). Warm-up and medians happen inside the modules
+ResNet-18-shaped model (skipped with a note where torchvision cannot import) at the main batch
+and image size (16, 128 px), and, to show how costs grow, at half the batch and half the image
+side, on the small CNN (see :func:`build_plan` for which points use the modules' quick
+settings). Warm-up and medians happen inside the modules
 (:func:`benchmarks.common.time_side_by_side`).
 
 Writes the rows and the machine's description to ``--out`` (default ``benchmarks/results.json``)
 and the markdown report beside it (``.md``), prints the report, and with ``--check`` exits 1
-when any ratio misses its target or any module failed.
+when a ratio of the main table misses its target or a module failed (0 otherwise, and always
+0 without ``--check``; 2 when CUDA is asked for and absent).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import torch
 from benchmarks.report import MAIN, describe, misses, render_markdown, write_json
 
 __all__ = ["TOPICS", "MODELS", "CONTRACT", "Config", "build_plan", "contract_problems",
-           "load_topics", "run_all", "machine_info", "main"]
+           "load_topics", "run_all", "machine_info", "other_cpu_load", "main"]
 
 TOPICS: Tuple[str, ...] = ("alignment", "flow", "regularizer", "gad", "metrics")
 """The topic modules, in report order: ``benchmarks.bench_<topic>``."""
@@ -48,7 +50,8 @@ CONTRACT: Tuple[Tuple[str, object], ...] = (
 )
 """Parameters (name, default), in order, that every topic module's ``run`` must take."""
 
-ROW_KEYS = ("name", "model", "batch", "size", "device", "ours_ms", "base_ms", "ratio", "target", "ok", "note")
+ROW_KEYS = ("name", "model", "batch", "size", "device", "ours_ms", "base_ms", "ratio", "target",
+            "ok", "note")
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
@@ -128,7 +131,8 @@ def load_topics(names: Sequence[str]) -> Tuple[Dict[str, RunFn], List[str]]:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # a broken module must not stop the others
-            failures.append(f"{name}: skipped, {module_name} failed to import: {type(exc).__name__}: {exc}")
+            failures.append(f"{name}: skipped, {module_name} failed to import: "
+                            f"{type(exc).__name__}: {exc}")
             continue
         fn = getattr(module, "run", None)
         problems = contract_problems(fn) if fn is not None else ["no run()"]
@@ -173,19 +177,21 @@ def run_all(
     notes: List[str] = []
     for topic, fn in topics.items():
         for cfg in plan:
-            where = f"{topic} [{cfg.model}, batch {cfg.batch}, {cfg.size} px{', quick' if cfg.quick else ''}]"
+            settings = ", quick" if cfg.quick else ""
+            where = f"{topic} [{cfg.model}, batch {cfg.batch}, {cfg.size} px{settings}]"
             print(f"{where} ...", end="", file=log, flush=True)
             torch.manual_seed(0)  # each run starts from the same state, whatever ran before
             t0 = time.perf_counter()
             status = "ok"
             try:
-                out = fn(quick=cfg.quick, device=device, model_name=cfg.model, batch=cfg.batch, size=cfg.size)
+                out = fn(quick=cfg.quick, device=device, model_name=cfg.model, batch=cfg.batch,
+                         size=cfg.size)
                 got, problem = _valid_rows(out)
                 if problem:
                     status = "contract"
                     failures.append(f"{where}: {problem}")
                 elif not got:
-                    # A module may decline a point (e.g. its model cannot be built): say so, no failure.
+                    # A module may decline a point (its model cannot be built): a note only.
                     status = "empty"
                     notes.append(f"{where}: returned no rows")
             except Exception as exc:  # report and go on with the other runs
@@ -222,10 +228,38 @@ def _loadavg() -> Optional[List[float]]:
         return None
 
 
+def _cpu_snapshot() -> Optional[Tuple[float, float, float]]:
+    """(CPU seconds all processes spent busy, of which this process, wall time); Linux only.
+
+    Busy includes steal: time a virtual machine's neighbours took from its CPUs.
+    """
+    try:
+        with open("/proc/stat", encoding="utf-8") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy.
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.perf_counter()
+
+
+def other_cpu_load(start: Optional[Tuple[float, float, float]],
+                   end: Optional[Tuple[float, float, float]]) -> Optional[float]:
+    """Mean number of CPUs kept busy by other processes between two snapshots.
+
+    The load average cannot say this: it counts the benchmark's own threads.
+    """
+    if start is None or end is None or end[2] <= start[2]:
+        return None
+    others = (end[0] - start[0]) - (end[1] - start[1])
+    return round(max(0.0, others) / (end[2] - start[2]), 2)
+
+
 def _git_commit() -> Optional[str]:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -243,8 +277,8 @@ def machine_info(device: str) -> Dict[str, object]:
         device_name = _cpu_name()
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.system()} {platform.machine()}, {_cpu_name()}, {os.cpu_count()} CPUs, "
-                   f"{torch.get_num_threads()} torch threads",
+        "machine": f"{platform.system()} {platform.machine()}, {_cpu_name()}, "
+                   f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads",
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -260,21 +294,27 @@ def machine_info(device: str) -> Dict[str, object]:
 
 
 def _parse(argv: Optional[Sequence[str]], choices: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="few repeats; scaling on the small CNN only")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="the modules' quick settings; scaling on the small CNN only")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target or a module fails")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a ratio of the main table misses its target or a module fails")
     p.add_argument("--only", nargs="+", choices=list(choices), metavar="TOPIC",
                    help=f"run only these topics ({', '.join(choices)})")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
                    help="models to run (default both)")
     p.add_argument("--batch", type=int, default=16, help="main batch size (scaling uses half)")
-    p.add_argument("--size", type=int, default=128, help="main image side in px (scaling uses half)")
+    p.add_argument("--size", type=int, default=128,
+                   help="main image side in px (scaling uses half)")
     p.add_argument("--no-scaling", action="store_true", help="only the main batch and size")
     p.add_argument("--all-full", action="store_true",
-                   help="without --quick: full settings at every point, ResNet-18 scaled too (default on CUDA)")
+                   help="without --quick: full settings at every point, ResNet-18 scaled too "
+                        "(default on CUDA)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help="JSON file to write (default benchmarks/results.json); the markdown goes beside it")
+                   help="JSON file to write (default benchmarks/results.json); the markdown "
+                        "report goes beside it")
     return p.parse_args(argv)
 
 
@@ -285,8 +325,10 @@ def main(argv: Optional[Sequence[str]] = None, topics: Optional[Mapping[str, Run
         print(f"--device {args.device}: CUDA is not available on this machine", file=sys.stderr)
         return 2
     t_start = time.perf_counter()
+    cpu_start = _cpu_snapshot()
     meta = machine_info(args.device)
-    meta.update(quick=args.quick, check=args.check, argv=list(sys.argv[1:] if argv is None else argv))
+    meta.update(quick=args.quick, check=args.check,
+                argv=list(sys.argv[1:] if argv is None else argv))
 
     failures: List[str] = []
     notes: List[str] = []
@@ -303,12 +345,15 @@ def main(argv: Optional[Sequence[str]] = None, topics: Optional[Mapping[str, Run
             models.remove("resnet18")
             notes.append("resnet18: skipped, torchvision cannot be imported here")
     all_full = args.all_full or str(args.device).startswith("cuda")
-    plan = build_plan(models, args.quick, args.batch, args.size, scaling=not args.no_scaling, all_full=all_full)
+    plan = build_plan(models, args.quick, args.batch, args.size, scaling=not args.no_scaling,
+                      all_full=all_full)
 
+    meta["plan"] = [asdict(c) for c in plan]
     rows, runs, run_failures, run_notes = run_all(loaded, plan, args.device)
     failures += run_failures
     notes += run_notes
     meta["loadavg_end"] = _loadavg()
+    meta["other_cpu_load"] = other_cpu_load(cpu_start, _cpu_snapshot())
     meta["seconds"] = round(time.perf_counter() - t_start, 1)
 
     all_notes = [f"FAILED {f}" for f in failures] + notes + [f"total time {meta['seconds']} s"]
@@ -321,7 +366,8 @@ def main(argv: Optional[Sequence[str]] = None, topics: Optional[Mapping[str, Run
         return 0
     missed = misses(rows)
     if missed or failures:
-        print(f"--check: {len(missed)} ratio(s) missed their target, {len(failures)} failure(s):", file=sys.stderr)
+        print(f"--check: {len(missed)} ratio(s) missed their target, "
+              f"{len(failures)} failure(s):", file=sys.stderr)
         for r in missed:
             print(f"  {describe(r)}", file=sys.stderr)
         for f in failures:
