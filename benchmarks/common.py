@@ -27,17 +27,23 @@ def time_side_by_side(
     warmup: int = 2,
     device: str = "cpu",
 ) -> List[float]:
-    """Median wall time in ms of each function, interleaved so drift hits all alike."""
+    """Median wall time in ms of each function, interleaved so drift hits all alike.
+
+    Odd repeats run the functions in reverse order: what runs just before a function (the
+    allocator's free lists, caches) shifted a pair's ratio by up to 0.1 on two CPU cores,
+    and alternating the order gives each function each neighbour equally often.
+    """
     for _ in range(warmup):
         for fn in fns:
             fn()
             sync(device)
     samples: List[List[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
+    order = list(range(len(fns)))
+    for r in range(repeats):
+        for k in (order if r % 2 == 0 else order[::-1]):
             sync(device)
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             sync(device)
             samples[k].append((time.perf_counter() - t0) * 1000.0)
     return [statistics.median(s) for s in samples]

@@ -10,6 +10,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from captum_gradflow._native_conv import native_one_channel_conv_grads
+
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
 
@@ -237,7 +239,8 @@ def input_gradients(
 
     ``inputs`` must be leaves that require grad (see :func:`prepare_inputs`). ``reduce`` maps
     ``(output, target)`` to one scalar per example; the default is :func:`select_target`.
-    Works inside ``torch.no_grad()``. Returns ``(gradients, output)``; the output is detached
+    Works inside ``torch.no_grad()``. One-channel CPU convolutions backpropagate without
+    oneDNN (see :func:`~captum_gradflow._native_conv.native_one_channel_conv_grads`). Returns ``(gradients, output)``; the output is detached
     unless ``create_graph``.
     """
     reduce = reduce or select_target
@@ -249,8 +252,8 @@ def input_gradients(
                 "the model output does not depend on the inputs (no gradient): check that "
                 "forward_func uses its inputs and that its parameters are not detached"
             )
-        grads = torch.autograd.grad(
-            value.sum(), inputs, create_graph=create_graph, allow_unused=True
-        )
+        total = value.sum()
+        with native_one_channel_conv_grads(total.grad_fn):
+            grads = torch.autograd.grad(total, inputs, create_graph=create_graph, allow_unused=True)
     grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
     return grads, (out if create_graph else out.detach())

@@ -32,6 +32,7 @@ from captum_gradflow._common import (
     projection_ratio,
     run_forward,
 )
+from captum_gradflow._native_conv import native_one_channel_conv_grads
 from captum_gradflow.features import (
     Brightness,
     as_feature_list,
@@ -366,9 +367,9 @@ class FeatureAlignment(GradientAttribution):
             k = out.shape[1]
             rows = []
             for c in range(1, k):
-                grads = torch.autograd.grad(
-                    (out[:, c] - out[:, 0]).sum(), leaves, retain_graph=c < k - 1, allow_unused=True
-                )
+                total = (out[:, c] - out[:, 0]).sum()
+                with native_one_channel_conv_grads(total.grad_fn):
+                    grads = torch.autograd.grad(total, leaves, retain_graph=c < k - 1, allow_unused=True)
                 grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
                 rows.append(_flat(grads))
         return torch.stack(rows, dim=1)

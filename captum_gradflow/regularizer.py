@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -27,6 +26,7 @@ from captum_gradflow._common import (
     run_forward,
     select_target,
 )
+from captum_gradflow._native_conv import native_one_channel_conv_grads
 from captum_gradflow.features import Feature, as_feature_list
 
 __all__ = ["AlignmentRegularizer", "alignment_penalty"]
@@ -340,7 +340,7 @@ class AlignmentRegularizer:
                 "under torch.no_grad(), detached, or not a function of x)"
             )
         value = select_target(out, target)
-        with _native_one_channel_conv_grads(value.grad_fn):
+        with native_one_channel_conv_grads(value.grad_fn):
             grads = torch.autograd.grad(
                 value, [xs[i] for i in leaves], grad_outputs=torch.ones_like(value),
                 create_graph=True, allow_unused=True,
@@ -447,50 +447,6 @@ class AlignmentRegularizer:
         terms = ", ".join(f"{f.name}: {w:g}" for f, w in zip(self.features, self._weights))
         mode = "exact" if self.fraction >= 1.0 else f"subset fraction={self.fraction:g}"
         return f"AlignmentRegularizer({{{terms}}}, {mode})"
-
-
-@contextmanager
-def _native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
-    """Compute input gradients of one-input-channel CPU convolutions without oneDNN.
-
-    oneDNN's data-gradient kernel for a convolution with a single input channel (a grayscale
-    model's first layer) is several times slower than PyTorch's native one (about 40 ms
-    against 9 ms for the small CNN's first layer, batch 16, 128 px, one thread), and the
-    input gradient is what the penalty needs. oneDNN is switched off only while those nodes
-    of the graph run, by node hooks removed on exit; the flag is restored on exit whatever
-    happens. The switch is process-wide, like every ``torch.backends`` flag.
-    """
-    nodes = []
-    if root is not None and torch.backends.mkldnn.enabled:
-        seen, stack = set(), [root]
-        while stack:
-            node = stack.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            stack.extend(nxt for nxt, _ in node.next_functions)
-            if type(node).__name__ == "ConvolutionBackward0":
-                w = node._saved_weight  # documented access to a node's saved tensors
-                one_channel = w.dim() >= 3 and w.shape[1] == 1 and node._saved_groups == 1
-                if w.device.type == "cpu" and one_channel and not node._saved_transposed:
-                    nodes.append(node)
-    if not nodes:
-        yield
-        return
-
-    def off(*_: Any) -> None:
-        torch.backends.mkldnn.enabled = False
-
-    def on(*_: Any) -> None:
-        torch.backends.mkldnn.enabled = True
-
-    handles = [h for node in nodes for h in (node.register_prehook(off), node.register_hook(on))]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-        torch.backends.mkldnn.enabled = True
 
 
 def _check_weights(weights: Weights, features: List[Feature]) -> List[float]:

@@ -1,0 +1,97 @@
+"""native_one_channel_conv_grads: only one-input-channel CPU convolutions skip oneDNN."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from captum_gradflow import Brightness, FeatureAlignment, SmallCNN
+from captum_gradflow._common import input_gradients, prepare_inputs
+from captum_gradflow._native_conv import native_one_channel_conv_grads
+
+
+def _conv_nodes(root):
+    seen, stack, found = set(), [root], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(nxt for nxt, _ in node.next_functions)
+        if type(node).__name__ == "ConvolutionBackward0":
+            found.append(node)
+    return found
+
+
+def _with_onednn_off(fn):
+    torch.backends.mkldnn.enabled = False  # (the flags() context manager warns about TF32)
+    try:
+        return fn()
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
+def test_only_the_one_channel_convolution_runs_without_onednn():
+    first, second = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)
+    depthwise = nn.Conv2d(4, 4, 3, groups=4)  # one input channel per group: left alone
+    x = torch.rand(2, 1, 12, 12, requires_grad=True)
+    y = depthwise(second(first(x))).sum()
+    flags = {}
+
+    def record(key):
+        def hook(*_):
+            flags[key] = torch.backends.mkldnn.enabled
+
+        return hook
+
+    with native_one_channel_conv_grads(y.grad_fn):
+        for node in _conv_nodes(y.grad_fn):
+            # Registered after the context's own pre-hook, so it sees the switched flag.
+            node.register_prehook(record((node._saved_weight.shape[1], node._saved_groups)))
+        torch.autograd.grad(y, x)
+    assert flags == {(1, 1): False, (4, 1): True, (1, 4): True}
+    assert torch.backends.mkldnn.enabled
+
+
+def test_flag_is_restored_after_an_error_in_the_backward():
+    conv = nn.Conv2d(1, 2, 3)
+    x = torch.rand(1, 1, 6, 6, requires_grad=True)
+    y = conv(x).sum()
+
+    def boom(*_):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with native_one_channel_conv_grads(y.grad_fn):
+            _conv_nodes(y.grad_fn)[0].register_prehook(boom)
+            torch.autograd.grad(y, x)
+    assert torch.backends.mkldnn.enabled
+
+
+def test_no_graph_or_onednn_off_is_a_no_op():
+    with native_one_channel_conv_grads(None):
+        assert torch.backends.mkldnn.enabled
+    conv = nn.Conv2d(1, 2, 3)
+    x = torch.rand(1, 1, 6, 6, requires_grad=True)
+
+    def grad():
+        y = conv(x).sum()
+        with native_one_channel_conv_grads(y.grad_fn):
+            assert not torch.backends.mkldnn.enabled  # the user's setting is kept
+            return torch.autograd.grad(y, x)[0]
+
+    _with_onednn_off(grad)
+    assert torch.backends.mkldnn.enabled
+
+
+def test_input_gradients_and_alignment_match_a_run_without_onednn():
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x, mask = torch.rand(3, 1, 32, 32), torch.ones(1, 1, 32, 32)
+    ours = input_gradients(model, prepare_inputs((x,)), 1)[0][0]
+    reference = _with_onednn_off(lambda: input_gradients(model, prepare_inputs((x,)), 1)[0][0])
+    assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-9)
+    fa = FeatureAlignment(model, Brightness())
+    s = fa.attribute(x, target=1, mask=mask)
+    assert torch.allclose(s, _with_onednn_off(lambda: fa.attribute(x, target=1, mask=mask)), atol=1e-5)
+    assert torch.backends.mkldnn.enabled
