@@ -240,8 +240,8 @@ def input_gradients(
     ``inputs`` must be leaves that require grad (see :func:`prepare_inputs`). ``reduce`` maps
     ``(output, target)`` to one scalar per example; the default is :func:`select_target`.
     Works inside ``torch.no_grad()``. One-channel CPU convolutions backpropagate without
-    oneDNN (see :func:`~captum_gradflow._native_conv.native_one_channel_conv_grads`). Returns ``(gradients, output)``; the output is detached
-    unless ``create_graph``.
+    oneDNN (:func:`~captum_gradflow._native_conv.native_one_channel_conv_grads`). Returns
+    ``(gradients, output)``; the output is detached unless ``create_graph``.
     """
     reduce = reduce or select_target
     with torch.enable_grad():

@@ -9,11 +9,33 @@ backward pass. Only those graph nodes run without oneDNN; everything else is unt
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, List, Optional
 
 import torch
 
-__all__ = ["native_one_channel_conv_grads"]
+__all__ = ["conv_backward_nodes", "native_one_channel_conv_grads"]
+
+
+def conv_backward_nodes(root: Optional[Any]) -> List[Any]:
+    """Every convolution node (``ConvolutionBackward0``) of the graph below ``root``.
+
+    Examples::
+
+        >>> import torch
+        >>> y = torch.nn.Conv2d(1, 2, 3)(torch.rand(1, 1, 5, 5, requires_grad=True)).sum()
+        >>> len(conv_backward_nodes(y.grad_fn))
+        1
+    """
+    seen, stack, found = set(), [root], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(nxt for nxt, _ in node.next_functions)
+        if type(node).__name__ == "ConvolutionBackward0":
+            found.append(node)
+    return found
 
 
 @contextmanager
@@ -43,19 +65,12 @@ def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
         torch.Size([2, 1, 8, 8])
     """
     nodes = []
-    if root is not None and torch.backends.mkldnn.enabled:
-        seen, stack = set(), [root]
-        while stack:
-            node = stack.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            stack.extend(nxt for nxt, _ in node.next_functions)
-            if type(node).__name__ == "ConvolutionBackward0":
-                w = node._saved_weight  # documented access to a node's saved tensors
-                one_channel = w.dim() >= 3 and w.shape[1] == 1 and node._saved_groups == 1
-                if w.device.type == "cpu" and one_channel and not node._saved_transposed:
-                    nodes.append(node)
+    if torch.backends.mkldnn.enabled:
+        for node in conv_backward_nodes(root):
+            w = node._saved_weight  # documented access to a node's saved tensors
+            one_channel = w.dim() >= 3 and w.shape[1] == 1 and node._saved_groups == 1
+            if w.device.type == "cpu" and one_channel and not node._saved_transposed:
+                nodes.append(node)
     if not nodes:
         yield
         return

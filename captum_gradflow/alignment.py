@@ -366,12 +366,13 @@ class FeatureAlignment(GradientAttribution):
                 raise ValueError("the model output does not depend on the inputs (no gradient)")
             k = out.shape[1]
             rows = []
-            for c in range(1, k):
-                total = (out[:, c] - out[:, 0]).sum()
-                with native_one_channel_conv_grads(total.grad_fn):
+            # One graph walk for all K - 1 backward passes: they share the model's graph.
+            with native_one_channel_conv_grads(out.grad_fn):
+                for c in range(1, k):
+                    total = (out[:, c] - out[:, 0]).sum()
                     grads = torch.autograd.grad(total, leaves, retain_graph=c < k - 1, allow_unused=True)
-                grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
-                rows.append(_flat(grads))
+                    grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
+                    rows.append(_flat(grads))
         return torch.stack(rows, dim=1)
 
     def _feature_gradients(

@@ -7,20 +7,7 @@ from torch import nn
 
 from captum_gradflow import Brightness, FeatureAlignment, SmallCNN
 from captum_gradflow._common import input_gradients, prepare_inputs
-from captum_gradflow._native_conv import native_one_channel_conv_grads
-
-
-def _conv_nodes(root):
-    seen, stack, found = set(), [root], []
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(nxt for nxt, _ in node.next_functions)
-        if type(node).__name__ == "ConvolutionBackward0":
-            found.append(node)
-    return found
+from captum_gradflow._native_conv import conv_backward_nodes, native_one_channel_conv_grads
 
 
 def _with_onednn_off(fn):
@@ -45,7 +32,7 @@ def test_only_the_one_channel_convolution_runs_without_onednn():
         return hook
 
     with native_one_channel_conv_grads(y.grad_fn):
-        for node in _conv_nodes(y.grad_fn):
+        for node in conv_backward_nodes(y.grad_fn):
             # Registered after the context's own pre-hook, so it sees the switched flag.
             node.register_prehook(record((node._saved_weight.shape[1], node._saved_groups)))
         torch.autograd.grad(y, x)
@@ -63,7 +50,7 @@ def test_flag_is_restored_after_an_error_in_the_backward():
 
     with pytest.raises(RuntimeError, match="boom"):
         with native_one_channel_conv_grads(y.grad_fn):
-            _conv_nodes(y.grad_fn)[0].register_prehook(boom)
+            conv_backward_nodes(y.grad_fn)[0].register_prehook(boom)
             torch.autograd.grad(y, x)
     assert torch.backends.mkldnn.enabled
 
@@ -94,4 +81,14 @@ def test_input_gradients_and_alignment_match_a_run_without_onednn():
     fa = FeatureAlignment(model, Brightness())
     s = fa.attribute(x, target=1, mask=mask)
     assert torch.allclose(s, _with_onednn_off(lambda: fa.attribute(x, target=1, mask=mask)), atol=1e-5)
+    assert torch.backends.mkldnn.enabled
+
+
+def test_subspace_jacobian_shares_one_switch_over_its_backward_passes():
+    torch.manual_seed(0)
+    fa = FeatureAlignment(SmallCNN(num_classes=3).eval(), Brightness())
+    x = torch.rand(3, 1, 32, 32)
+    s = fa.attribute(x, decision="subspace")
+    reference = _with_onednn_off(lambda: fa.attribute(x, decision="subspace"))
+    assert torch.allclose(s, reference, atol=1e-5)
     assert torch.backends.mkldnn.enabled
