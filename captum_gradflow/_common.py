@@ -10,6 +10,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from captum_gradflow._guard import check_target_dtype
 from captum_gradflow._native_conv import native_one_channel_conv_grads
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
@@ -94,6 +95,7 @@ def select_target(output: Tensor, target: TargetType) -> Tensor:
     Out-of-range targets raise ``IndexError`` naming the target.
     """
     n = output.shape[0]
+    check_target_dtype(target)
     if target is None:
         if output[0].numel() != 1:
             raise ValueError(
@@ -147,6 +149,7 @@ def target_indices(target: TargetType, n: int, device: torch.device) -> Optional
     """
     if target is None:
         return None
+    check_target_dtype(target)
     if isinstance(target, Tensor):
         t = target.reshape(-1).to(device=device, dtype=torch.long)
         return t.expand(n) if t.numel() == 1 else t
