@@ -7,6 +7,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 
+from captum_gradflow.features import CoordinateMoments
 from captum_gradflow import (
     Brightness,
     Extent,
@@ -202,3 +203,211 @@ def test_closed_form_gradient_of_wrong_shape_is_named():
 def test_image_feature_on_non_image_input_is_named():
     with pytest.raises(ValueError, match="feature 'brightness' expects images of shape"):
         Brightness()(torch.rand(4, 10))
+
+
+# ---------------------------------------------------------------- volumes and signals
+def _volume_data(shape=(3, 1, 6, 7, 8), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(*shape, dtype=torch.float64, generator=gen) + 0.1
+    masks = torch.rand(shape[0], 1, *shape[2:], dtype=torch.float64, generator=gen)
+    return x, masks
+
+
+@pytest.mark.parametrize("feature_cls", [Brightness, Extent, LogAspectRatio])
+@pytest.mark.parametrize("mask_kind", ["per_example", "shared", "none"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_closed_form_gradient_equals_autograd_on_volumes(feature_cls, mask_kind, channels):
+    x, masks = _volume_data((3, channels, 6, 7, 8))
+    mask = {"per_example": masks, "shared": masks[:1], "none": None}[mask_kind]
+    f = feature_cls()
+    closed = f.gradient(x, mask)
+    assert closed.shape == x.shape and torch.isfinite(closed).all()
+    torch.testing.assert_close(closed, autograd_gradient(f, x, mask), rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("feature_cls", [Brightness, Extent])
+def test_closed_form_gradient_equals_autograd_on_signals(feature_cls):
+    x, masks = _volume_data((3, 2, 11))
+    f = feature_cls()
+    torch.testing.assert_close(f.gradient(x, masks), autograd_gradient(f, x, masks), rtol=1e-7, atol=1e-10)
+
+
+def test_log_aspect_ratio_of_a_signal_is_named():
+    with pytest.raises(ValueError, match="needs 2 or 3 spatial axes"):
+        LogAspectRatio()(torch.rand(2, 1, 10))
+
+
+def _ellipsoid(a, b, c, size=17):
+    zz, yy, xx = np.mgrid[0:size, 0:size, 0:size].astype(np.float64) - (size - 1) / 2
+    return torch.as_tensor(((zz / a) ** 2 + (yy / b) ** 2 + (xx / c) ** 2 <= 1.0).astype(np.float64))[None, None]
+
+
+def test_volume_features_measure_the_ellipsoid():
+    ball, rod = _ellipsoid(6, 6, 6), _ellipsoid(7, 2.5, 2.5)
+    # A uniform ball of radius R has radius of gyration sqrt(3/5) R; voxelisation is close.
+    assert float(Extent()(ball)) == pytest.approx(np.sqrt(0.6) * 6, rel=0.05)
+    assert abs(float(LogAspectRatio()(ball))) < 1e-9
+    # A uniform ellipsoid's variances are a^2 / 5: log ratio 2 log(7 / 2.5).
+    assert float(LogAspectRatio()(rod)) == pytest.approx(2 * np.log(7 / 2.5), rel=0.1)
+    assert float(Brightness()(ball * 0.7, ball)) == pytest.approx(0.7)
+    # The exact isotropy of the ball makes the aspect ratio not differentiable: NaN.
+    assert torch.isnan(LogAspectRatio().gradient(ball)).all()
+    # The 3x3 covariance matches numpy's weighted covariance of voxel coordinates.
+    x, masks = _volume_data((2, 1, 6, 7, 8), seed=4)
+    mom = CoordinateMoments(x, masks)
+    w = (x * masks)[:, 0]
+    pts = np.stack(np.meshgrid(*[np.arange(n) for n in (6, 7, 8)], indexing="ij"), -1).reshape(-1, 3)
+    for i in range(2):
+        expected = np.cov(pts.T, aweights=w[i].numpy().ravel(), bias=True)
+        assert np.allclose(mom.cov[i].numpy(), expected, atol=1e-10)
+
+
+def test_two_dimensional_moments_are_unchanged_by_the_generalisation():
+    x, masks = _volume_data((4, 1, 9, 12), seed=5)
+    mom = CoordinateMoments(x, masks)
+    w = (x * masks)[:, 0]
+    r = torch.arange(9, dtype=torch.float64) - 4
+    c = torch.arange(12, dtype=torch.float64) - 5.5
+    total = w.sum((1, 2))
+    mr, mc = (w.sum(2) @ r) / total, (w.sum(1) @ c) / total
+    a = (w.sum(2) @ (r * r)) / total - mr * mr
+    cc = (w.sum(1) @ (c * c)) / total - mc * mc
+    b = ((w @ c) @ r) / total - mr * mc
+    t, s = (a + cc) / 2, torch.sqrt(((a - cc) / 2) ** 2 + b ** 2)
+    torch.testing.assert_close(mom.extent(), torch.sqrt(a + cc), rtol=1e-14, atol=0)
+    torch.testing.assert_close(mom.log_aspect_ratio(), torch.log((t + s) / (t - s)), rtol=1e-13, atol=0)
+
+
+def test_extent_without_mask_on_signed_data_warns_with_the_count():
+    # Zero-mean data (normalised scans) without a mask: weights summing to zero.
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x[0] = 0.0
+    x[3] = (torch.arange(64).reshape(8, 8) % 2 * 2 - 1).float()  # +-1 stripes
+    with pytest.warns(RuntimeWarning, match=r"'extent' is undefined \(NaN\) for 2 of 4 examples"):
+        value = Extent()(x)
+    assert not torch.isnan(value[1:3]).any() and torch.isnan(value[[0, 3]]).all()
+
+
+@pytest.mark.parametrize("feature", [Brightness(), Extent(), NoiseFeature(0)])
+def test_mask_on_non_spatial_inputs_is_an_error(feature):
+    with pytest.raises(ValueError, match=r"needs spatial inputs \(N, C, \*spatial\); got \(N, d\)"):
+        feature(torch.rand(4, 10), torch.ones(10))
+
+
+def test_smoothing_non_spatial_inputs_is_an_error_and_plain_noise_still_works():
+    x = torch.rand(4, 10)
+    with pytest.raises(ValueError, match=r"smooth_sigma needs spatial inputs .* got \(N, d\)"):
+        NoiseFeature(0, smooth_sigma=2.0)(x)
+    assert NoiseFeature(0)(x).shape == (4,)
+    assert NoiseFeature(0, smooth_sigma=0.0)(x).shape == (4,)
+
+
+def test_volume_masks_accept_bare_and_batched_forms():
+    x, masks = _volume_data((2, 1, 6, 7, 8))
+    ref = Brightness()(x, masks[:1])
+    assert torch.allclose(Brightness()(x, masks[0, 0]), ref)
+    assert torch.allclose(Brightness()(x, masks[:1, 0]), ref)
+    with pytest.raises(ValueError, match=r"expected \(N, 1, D, H, W\)"):
+        Brightness()(x, torch.ones(2, 1, 6, 7, 9))
+
+
+def _lag_correlation(r: np.ndarray, axis: int) -> float:
+    a = np.take(r, range(1, r.shape[axis]), axis=axis).ravel()
+    b = np.take(r, range(0, r.shape[axis] - 1), axis=axis).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_noise_smoothing_covers_every_spatial_axis_never_channels():
+    x = torch.rand(1, 3, 12, 12, 12, dtype=torch.float64)
+    raw = NoiseFeature(2).base_direction(x).numpy()
+    smooth = NoiseFeature(2, smooth_sigma=2.0).base_direction(x).numpy()
+    for axis in (1, 2, 3):  # D, H, W
+        assert _lag_correlation(raw, axis) < 0.2 < 0.8 < _lag_correlation(smooth, axis)
+    assert abs(_lag_correlation(smooth, 0)) < 0.2  # channels stay independent
+    expected = np.stack([gaussian_filter(raw[c], sigma=2.0) for c in range(3)])
+    assert np.allclose(smooth, expected / np.linalg.norm(expected))
+    per_axis = NoiseFeature(2, smooth_sigma=(0.0, 0.0, 2.0)).base_direction(x).numpy()
+    assert _lag_correlation(per_axis, 1) < 0.2 < 0.8 < _lag_correlation(per_axis, 3)
+
+
+# ---------------------------------------------------------------- declarations
+def test_linear_direction_declared_by_plain_linear_and_noise_features():
+    x, masks = _volume_data((3, 2, 5, 6, 7))
+    lin = LinearFeature(torch.randn(2, 5, 6, 7, dtype=torch.float64))
+    noise = NoiseFeature(1, smooth_sigma=1.0)
+    for f in (lin, noise):
+        r = f.linear_direction(x)
+        assert r.shape == x.shape[1:]
+        torch.testing.assert_close(f.gradient(x, masks), (r * masks).expand_as(x))
+        torch.testing.assert_close(f.gradient(x), r.expand_as(x))
+    assert Brightness().linear_direction(x) is None
+
+
+def test_linear_direction_is_none_for_a_subclass_overriding_the_gradient():
+    class Doubled(LinearFeature):
+        def closed_form_gradient(self, x, mask):
+            return 2 * super().closed_form_gradient(x, mask)
+
+    class Squared(NoiseFeature):
+        def compute(self, x, mask):
+            return super().compute(x, mask) ** 2
+
+    class OwnDirection(NoiseFeature):
+        def direction(self, x, mask=None):
+            return -super().direction(x, mask)
+
+    class OwnBase(NoiseFeature):  # a new base direction keeps the declaration
+        def base_direction(self, x):
+            return torch.ones(x.shape[1:], dtype=x.dtype)
+
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    assert Doubled(torch.ones(1, 8, 8)).linear_direction(x) is None
+    assert Squared(0).linear_direction(x) is None
+    assert OwnDirection(0).linear_direction(x) is None
+    assert torch.equal(OwnBase(0).linear_direction(x), torch.ones(1, 8, 8, dtype=torch.float64))
+
+
+def test_centred_noise_declares_a_direction_only_for_a_shared_mask():
+    x, masks = _volume_data((3, 1, 6, 7, 8))
+    shared = NoiseFeature(3, mask=masks[:1], smooth_sigma=1.5, center=True)
+    r = shared.linear_direction(x)
+    g = shared.gradient(x)
+    torch.testing.assert_close(g, (r * masks[:1]).expand_as(x))
+    # Orthogonal to the mask's own direction (brightness' gradient) in every example.
+    assert torch.allclose((g * masks[:1]).flatten(1).sum(1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    per_example = NoiseFeature(3, mask=masks, smooth_sigma=1.5, center=True)
+    assert per_example.linear_direction(x) is None
+    gp = per_example.gradient(x)
+    assert torch.allclose((gp * masks).flatten(1).sum(1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    torch.testing.assert_close(per_example(x), (gp * x).flatten(1).sum(1))
+    unmasked = NoiseFeature(3, center=True).linear_direction(x)
+    assert abs(float(unmasked.sum())) < 1e-12
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 6, 7, 8), (3, 2, 9, 10), (3, 1, 11)])
+def test_moment_gradient_equals_closed_form_gradient(shape):
+    x, masks = _volume_data(shape)
+    features = [Brightness(), Extent()] + ([LogAspectRatio()] if len(shape) > 3 else [])
+    for mask in (masks, masks[:1], None):
+        mom = CoordinateMoments(x, mask)
+        assert mom.x is x and mom.mask is mask
+        for f in features:
+            g = f.moment_gradient(mom)
+            assert g.shape == x.shape
+            torch.testing.assert_close(g, f.closed_form_gradient(x, mask).expand_as(x), rtol=0, atol=0)
+
+
+def test_moment_gradient_is_none_for_a_subclass_overriding_the_feature():
+    class Darker(Brightness):
+        def compute(self, x, mask):
+            return -super().compute(x, mask)
+
+    class OwnGradient(Extent):
+        def closed_form_gradient(self, x, mask):
+            return torch.zeros_like(x)
+
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    mom = CoordinateMoments(x, None)
+    assert Darker().moment_gradient(mom) is None and OwnGradient().moment_gradient(mom) is None
+    assert Feature.from_callable(lambda t: t.sum((1, 2, 3)), "sum").moment_gradient(mom) is None
+    assert LogAspectRatio().moment_gradient(mom) is not None
