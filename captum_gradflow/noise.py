@@ -275,10 +275,12 @@ def make_noise(
     * ``noise_mask="auto"``: the call's ``mask`` if given, else the common mask of the
       features reading ``inputs[input_index]`` (all share one ``mask`` object or equal
       tensors), else None (the whole input). ``None`` asks for the whole input explicitly.
-    * ``smooth_sigma="auto"``: half the noise mask's radius of gyration (median over
-      examples; the whole input's when there is no mask), the same width on every spatial
-      axis; None for non-spatial inputs ``(N, d)``. One number or one per axis is used as
-      given; None leaves the noise unsmoothed.
+    * ``smooth_sigma="auto"``: the noise mask's radius of gyration (median over examples;
+      the whole input's when there is no mask), the same width on every spatial axis; None
+      for non-spatial inputs ``(N, d)``. The built-in features' gradients are low-order
+      patterns over the whole mask (constant, quadratic), so noise on that scale has no
+      finer structure than they do. One number or one per axis is used as given; None
+      leaves the noise unsmoothed.
     * ``center_noise=None``: the default, centred. Smoothed noise restricted to a mask shares
       the mask's mean direction (it has a nonzero in-mask mean), which is brightness'
       gradient: the baseline then rises with the model's use of brightness and hides it.
@@ -362,8 +364,7 @@ def _sigma(smooth_sigma, x: Tensor, m: Optional[Tensor]) -> Optional[Tuple[float
     weights = m if m is not None else torch.ones_like(x[:1, :1])
     # Radius of gyration of the mask itself (a uniform image inside it).
     rg = CoordinateMoments(torch.ones_like(weights), weights).extent()
-    half = 0.5 * float(rg.double().median())
-    return (round(half, 3),) * k
+    return (round(float(rg.double().median()), 3),) * k
 
 
 def _area(m: Optional[Tensor], x: Tensor) -> float:
@@ -398,7 +399,7 @@ def _describe(n: int, source: str, m: Optional[Tensor], sigma, requested, center
     if sigma is None:
         smooth = "unsmoothed"
     else:
-        how = " (auto: half the mask's radius of gyration)" if requested == _AUTO else ""
+        how = " (auto: the mask's radius of gyration)" if requested == _AUTO else ""
         smooth = "Gaussian sigma " + " x ".join(f"{s:g}" for s in sigma) + f" px per axis{how}"
     centred = "centred (in-mask mean removed)" if center else "not centred"
     return f"{n} directions; mask: {where}; {smooth}; {centred}"
