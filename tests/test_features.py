@@ -1,4 +1,4 @@
-"""Built-in features: closed-form gradients, sensible values, noise features, masks (DESIGN 2.7)."""
+"""Built-in features: closed-form gradients, sensible values, noise features, masks (docs/definitions.md, 2.7)."""
 from __future__ import annotations
 
 import numpy as np

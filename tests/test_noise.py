@@ -1,4 +1,4 @@
-"""NoiseComparison: per-example ratios and p-values, the dataset-level test, pooling (DESIGN 2.3)."""
+"""The noise baseline: make_noise, NoiseComparison ratios, p-values, the paired test, pooling (docs/definitions.md, 2.3)."""
 from __future__ import annotations
 
 import math
