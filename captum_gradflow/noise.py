@@ -374,10 +374,10 @@ def _area(m: Optional[Tensor], x: Tensor) -> float:
 
 
 def _warn_coverage(own: List[Feature], mask: Optional[Tensor], x: Tensor, m: Optional[Tensor]) -> None:
-    raws = [mask] if mask is not None else [f.mask for f in own]
-    if not raws or any(r is None for r in raws):
+    raws = [(own[0].name if own else "feature", mask)] if mask is not None else [(f.name, f.mask) for f in own]
+    if not raws or any(r is None for _, r in raws):
         return  # some feature reads the whole input: any noise mask is narrower
-    area = max(_area(normalize_mask(r, x, "feature"), x) for r in raws)
+    area = max(_area(normalize_mask(r, x, name), x) for name, r in raws)
     noise_area = _area(m, x)
     if noise_area > _COVERAGE_LIMIT * area:
         where = "the whole input" if m is None else "its mask"
