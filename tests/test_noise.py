@@ -226,3 +226,27 @@ def test_uncentred_make_noise_matches_compare_to_noise(brightness_lesions):
                                                           smooth_sigma=ns.smooth_sigma[0])
     mine = _verdict(model, test[:24], feats, ns)
     torch.testing.assert_close(rep.S_noise, mine.S_noise, rtol=1e-4, atol=1e-7)
+
+
+def test_noise_baseline_on_volumes_end_to_end():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.ELU(), torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 7 * 8, 2)
+    ).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 1, 6, 7, 8, generator=gen)
+    mask = torch.zeros(4, 1, 6, 7, 8)
+    mask[:, :, 1:5, 2:6, 2:7] = 1.0
+    feats = [Brightness(mask=mask), Extent(mask=mask), LogAspectRatio(mask=mask)]
+    ns = make_noise(feats, x, None, 5)
+    assert ns.mask is mask and len(ns.smooth_sigma) == 3
+    rep = _verdict(model, _Batch(x, torch.tensor([0, 1, 0, 1])), feats, ns)
+    assert rep.S.shape == (4, 3) and rep.S_noise.shape == (4, 5)
+    assert torch.isfinite(rep.S).all() and ((rep.S_noise >= 0) & (rep.S_noise <= 1)).all()
+    sigma = f"{ns.smooth_sigma[0]:g}"
+    assert f"Gaussian sigma {sigma} x {sigma} x {sigma} px per axis" in rep.construction
+
+
+class _Batch:
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
