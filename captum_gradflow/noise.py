@@ -22,7 +22,6 @@ from torch import Tensor
 from captum_gradflow.features import (
     CoordinateMoments,
     Feature,
-    NoiseFeature,
     as_feature_list,
     normalize_mask,
     noise_features,
