@@ -226,7 +226,7 @@ class _TensorState:
 class _ModelState:
     """What a call could change in a model, recorded without copying unchanged tensors."""
 
-    def __init__(self, model: nn.Module, training: bool) -> None:
+    def __init__(self, model: nn.Module, training: bool, eval_mode: bool) -> None:
         self.model, self.training = model, training
         modules = list(model.modules())
         self.flags = [(m, m.training, m.__dict__.get("_is_full_backward_hook")) for m in modules]
@@ -244,7 +244,7 @@ class _ModelState:
             for b in m._buffers.values():
                 if b is None:
                     continue
-                if m.training:
+                if m.training and not eval_mode:
                     self.copied.append((b, b.detach().clone(), _version(b)))
                 else:
                     self.watched.append((b, _version(b)))
@@ -276,6 +276,7 @@ def preserved(
     what: str = "this call",
     *,
     training: bool = False,
+    eval_mode: bool = False,
 ) -> Iterator[None]:
     """Leave the model behind ``forward_func`` and the ``inputs`` exactly as they came.
 
@@ -299,6 +300,8 @@ def preserved(
         training: The call trains the model (``train_classifier``): parameters and buffers
             change by design and are kept; flags, hooks and inputs are still restored, and
             no train-mode warning is given.
+        eval_mode: Run the body with every module in eval mode (the modes are restored on
+            exit, module by module); no train-mode warning then, and nothing is copied.
 
     Examples::
 
@@ -316,8 +319,10 @@ def preserved(
     tensors = [_TensorState(x) for x in xs if isinstance(x, Tensor)]
     global_hooks = [(d, dict(d)) for d in (getattr(_torch_module, n) for n in _GLOBAL_HOOKS)]
     global_full = _torch_module._global_is_full_backward_hook
-    state = _ModelState(model, training) if model is not None else None
-    if model is not None and not training:
+    state = _ModelState(model, training, eval_mode) if model is not None else None
+    if model is not None and eval_mode:
+        model.eval()
+    elif model is not None and not training:
         _warn_train_mode(model, what)
     try:
         yield
