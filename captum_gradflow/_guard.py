@@ -183,6 +183,10 @@ def _restore_dict(current: Dict[Any, Any], saved: Dict[Any, Any]) -> None:
         current.update(saved)
 
 
+def _copy_or_none(d: Optional[Dict[Any, Any]]) -> Optional[Dict[Any, Any]]:
+    return None if d is None else dict(d)
+
+
 def _version(t: Tensor) -> Optional[int]:
     try:
         return t._version
@@ -203,7 +207,7 @@ class _TensorState:
         self.t, self.leaf, self.flag, self.version = t, t.is_leaf, t.requires_grad, _version(t)
         self.grad = t.grad if self.leaf else None
         self.grad_version = None if self.grad is None else _version(self.grad)
-        self.hooks = [(name, dict(d)) for name in _TENSOR_HOOKS if (d := getattr(t, name, None)) is not None]
+        self.hooks = [(name, _copy_or_none(getattr(t, name, None))) for name in _TENSOR_HOOKS]
         self.data = t.data if keep_data else None
         self.ptr = (t.data_ptr(), t.shape) if keep_data else None
 
@@ -211,7 +215,9 @@ class _TensorState:
         """Restore what can be; return whether the values were written in place."""
         t = self.t
         for name, saved in self.hooks:
-            _restore_dict(getattr(t, name), saved)
+            current = getattr(t, name, None)
+            if current is not None:  # a dict created during the call is emptied, not dropped
+                _restore_dict(current, saved or {})
         if self.leaf:
             if t.requires_grad != self.flag:
                 t.requires_grad_(self.flag)
@@ -236,7 +242,7 @@ class _ModelState:
         self.params = [_TensorState(p, keep_data=True) for p in model.parameters()]
         # A forward pass updates buffers in train mode only (running statistics): copy those
         # alone. An eval-mode model is not copied at all; its buffers keep only a version.
-        self.copied: List[Tuple[Tensor, Tensor, Optional[int]]] = []
+        self.copied: List[Tuple[Tensor, Tensor]] = []
         self.watched: List[Tuple[Tensor, Optional[int]]] = []
         if training:
             return
@@ -245,7 +251,7 @@ class _ModelState:
                 if b is None:
                     continue
                 if m.training and not eval_mode:
-                    self.copied.append((b, b.detach().clone(), _version(b)))
+                    self.copied.append((b, b.detach().clone()))
                 else:
                     self.watched.append((b, _version(b)))
 
@@ -259,8 +265,10 @@ class _ModelState:
             _restore_dict(current, saved)
         written = {id(s.t) for s in self.params if s.restore()}
         with torch.no_grad():
-            for b, saved, version in self.copied:
-                if _version(b) != version:
+            # Compared by value: BatchNorm's kernel updates running statistics in place
+            # without bumping their version counter.
+            for b, saved in self.copied:
+                if not torch.equal(b, saved):
                     b.copy_(saved)
         written |= {id(b) for b, version in self.watched if _version(b) != version}
         if self.training or not written:
