@@ -38,7 +38,6 @@ __all__ = [
     "check_target_dtype",
     "find_module",
     "preserved",
-    "user_stacklevel",
     "warn_user",
 ]
 
@@ -70,14 +69,10 @@ def _package_dirs() -> Tuple[str, ...]:
 _INTERNAL = _package_dirs()
 
 
-def user_stacklevel() -> int:
-    """``stacklevel`` that makes a warning raised by the caller point at the user's line.
-
-    Counts the frames from the caller up to the first one outside this package, Captum,
-    torch and ``contextlib`` (the user's code, or a third-party library such as Quantus that
-    called in). Call sites differ in depth (decorators, context managers, helpers), so a
-    fixed number would point into the package from some of them.
-    """
+def _user_stacklevel() -> int:
+    # Frames from warn_user up to the first one outside this package, Captum, torch and
+    # contextlib: call sites differ in depth (decorators, context managers, helpers), so a
+    # fixed stacklevel would point into the package from some of them.
     frame = sys._getframe(1)
     level = 1
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL):
@@ -87,7 +82,9 @@ def user_stacklevel() -> int:
 
 
 def warn_user(message: str, category: type = UserWarning) -> None:
-    """``warnings.warn`` at the user's line (see :func:`user_stacklevel`).
+    """``warnings.warn`` pointing at the user's line: the first caller outside this package,
+    Captum, torch and ``contextlib`` (the user's code, or a library such as Quantus that
+    called in).
 
     Examples::
 
@@ -99,7 +96,7 @@ def warn_user(message: str, category: type = UserWarning) -> None:
         >>> caught[0].category.__name__
         'RuntimeWarning'
     """
-    warnings.warn(message, category, stacklevel=user_stacklevel())
+    warnings.warn(message, category, stacklevel=_user_stacklevel())
 
 
 # ---------------------------------------------------------------------------- the model
@@ -168,13 +165,11 @@ def _warn_train_mode(model: nn.Module, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------- snapshots
-def _same(current: Any, saved: Any) -> bool:
+def _same(current: Dict[Any, Any], saved: Dict[Any, Any]) -> bool:
     """Same entries, same order, same objects (``==`` would compare tensors elementwise)."""
-    if len(current) != len(saved):
-        return False
-    if isinstance(saved, dict):
-        return all(k1 == k2 and v1 is v2 for (k1, v1), (k2, v2) in zip(current.items(), saved.items()))
-    return current == saved
+    return len(current) == len(saved) and all(
+        k1 == k2 and v1 is v2 for (k1, v1), (k2, v2) in zip(current.items(), saved.items())
+    )
 
 
 def _restore_dict(current: Dict[Any, Any], saved: Dict[Any, Any]) -> None:
