@@ -283,3 +283,11 @@ def test_float_targets_rejected(target):
 def test_integer_targets_accepted():
     for target in (None, 1, (0, 1), [0, 1], torch.tensor([0, 1]), torch.tensor([True, False]), np.int64(1)):
         check_target_dtype(target)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CPU-only machines have one device)")
+def test_check_batch_device_mismatch():
+    net = _net()
+    with pytest.raises(ValueError, match="is on cuda:0 but the model is on cpu"):
+        check_batch((torch.rand(2, 1, 8, 8, device="cuda"),), net, "attribute")
+    check_batch((torch.rand(2, 1, 8, 8, device="cuda"),), net.cuda(), "attribute")
