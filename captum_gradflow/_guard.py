@@ -1,19 +1,12 @@
 """The model-state guard and the input checks of every public call that runs the user's model.
 
-One place for the promise of the definitions (docs/definitions.md, section 5): the user's
-model leaves every call as it came (parameters, buffers, train/eval flags, hooks,
-``requires_grad`` flags) and so do the user's inputs, also when the call raises. Bad input is
-rejected before any work, with a message naming the problem.
-
-What the guard records is cheap: flags, dictionary snapshots (hooks, registered parameters,
-buffers and submodules) and the tensors' version counters, which PyTorch bumps on every
-in-place write. Values are copied only for the buffers of modules in train mode, the ones a
-forward pass updates by design (BatchNorm running statistics, ``num_batches_tracked``);
-an eval-mode model is never copied. Parameters are not copied either: no call of the
-package writes them, so a copy per call would be pure cost. A parameter, an eval-mode buffer
-or an input that was nonetheless written in place (by the user's own ``forward_func``) is
-detected through its version counter and named in a ``RuntimeWarning``: it cannot be restored
-without the copy the guard does not keep.
+One place for the promise of docs/definitions.md, section 5: the user's model (parameters,
+buffers, train/eval flags, hooks, ``requires_grad``) and inputs leave every call as they came,
+also when it raises, and bad input is rejected before any work with a message naming the
+problem. The guard records flags, dictionary snapshots and version counters; it copies values
+only for the buffers of train-mode modules, which a forward pass updates by design, and never
+for an eval-mode model or for parameters (no call of the package writes them; an in-place
+write by the user's own ``forward_func`` is detected by version and reported).
 """
 from __future__ import annotations
 
@@ -232,7 +225,8 @@ class _ModelState:
         modules = list(model.modules())
         self.flags = [(m, m.training, m.__dict__.get("_is_full_backward_hook")) for m in modules]
         self.dicts = [
-            (d, dict(d)) for m in modules for name in _MODULE_DICTS if (d := m.__dict__.get(name)) is not None
+            (d, dict(d)) for m in modules for name in _MODULE_DICTS
+            if (d := m.__dict__.get(name)) is not None
         ]
         self.params = [_TensorState(p, keep_data=True) for p in model.parameters()]
         # A forward pass updates buffers in train mode only (running statistics): copy those
@@ -346,7 +340,9 @@ def preserved(
 
 
 # ---------------------------------------------------------------------------- checks
-def _model_facts(model: Optional[nn.Module], what: str) -> Tuple[Optional[torch.dtype], Optional[torch.device]]:
+def _model_facts(
+    model: Optional[nn.Module], what: str
+) -> Tuple[Optional[torch.dtype], Optional[torch.device]]:
     """The model's one floating dtype and one device (None when mixed), after checking that
     its parameters can take part in autograd."""
     if model is None:
@@ -366,10 +362,13 @@ def _model_facts(model: Optional[nn.Module], what: str) -> Tuple[Optional[torch.
         if p.is_floating_point():
             dtypes.add(p.dtype)
         devices.add(p.device)
-    return (dtypes.pop() if len(dtypes) == 1 else None), (devices.pop() if len(devices) == 1 else None)
+    dtype = dtypes.pop() if len(dtypes) == 1 else None
+    return dtype, (devices.pop() if len(devices) == 1 else None)
 
 
-def check_batch(inputs: Any, forward_func: Any = None, what: str = "inputs", *, floating: bool = True) -> None:
+def check_batch(
+    inputs: Any, forward_func: Any = None, what: str = "inputs", *, floating: bool = True
+) -> None:
     """Reject inputs no gradient method can use, with a message naming the problem.
 
     Raised before any work: a call under ``torch.inference_mode()`` or on inference tensors
@@ -405,11 +404,17 @@ def check_batch(inputs: Any, forward_func: Any = None, what: str = "inputs", *, 
         if not isinstance(x, Tensor):
             raise TypeError(f"{where} is a {type(x).__name__}, not a Tensor")
         if x.dim() == 0:
-            raise ValueError(f"{where} is a 0-d tensor; inputs need a leading batch dimension (N, ...)")
+            raise ValueError(
+                f"{where} is a 0-d tensor; inputs need a leading batch dimension (N, ...)"
+            )
         if x.shape[0] == 0:
-            raise ValueError(f"{where}: empty batch (shape {tuple(x.shape)}); pass at least one example")
+            raise ValueError(
+                f"{where}: empty batch (shape {tuple(x.shape)}); pass at least one example"
+            )
         if x.device.type == "meta":
-            raise ValueError(f"{where} is on the 'meta' device and holds no data; move it to a real device")
+            raise ValueError(
+                f"{where} is on the 'meta' device and holds no data; move it to a real device"
+            )
         if x.is_inference():
             raise RuntimeError(
                 f"{where} was created under torch.inference_mode() and cannot take part in "
@@ -426,7 +431,9 @@ def check_batch(inputs: Any, forward_func: Any = None, what: str = "inputs", *, 
                 f"the inputs with .to({dtype}) or the model with .to({x.dtype})"
             )
         if i == 0 and device is not None and x.device != device:
-            raise ValueError(f"{where} is on {x.device} but the model is on {device}; move one of them")
+            raise ValueError(
+                f"{where} is on {x.device} but the model is on {device}; move one of them"
+            )
 
 
 def _holds_float(target: Any) -> bool:
@@ -452,14 +459,17 @@ def check_target_dtype(target: Any) -> None:
         >>> import torch
         >>> from captum_gradflow._guard import check_target_dtype
         >>> check_target_dtype(torch.tensor([0, 1]))
-        >>> check_target_dtype([0, 1.0])
+        >>> check_target_dtype([0, 1.0])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        TypeError: target [0, 1.0] holds floats; a target names classes and must be integer (convert with .long() or int() if the values are whole numbers)
+        TypeError: target [0, 1.0] holds floats; a target names classes and must be integer ...
     """
     if not _holds_float(target):
         return
-    shown = f"has dtype {target.dtype}" if isinstance(target, (Tensor, np.ndarray)) else f"{target!r} holds floats"
+    if isinstance(target, (Tensor, np.ndarray)):
+        shown = f"has dtype {target.dtype}"
+    else:
+        shown = f"{target!r} holds floats"
     raise TypeError(
         f"target {shown}; a target names classes and must be integer (convert with .long() or "
         "int() if the values are whole numbers)"

@@ -227,7 +227,9 @@ def _check_labels(y: object, n: int, name: str, k: Optional[int] = None) -> None
             "(convert with .long() if the values are whole numbers)"
         )
     if y.dim() != 1 or len(y) != n:
-        raise ValueError(f"{name} must have shape ({n},), one class index per example, got {tuple(y.shape)}")
+        raise ValueError(
+            f"{name} must have shape ({n},), one class index per example, got {tuple(y.shape)}"
+        )
     if k is not None and n and (int(y.min()) < 0 or int(y.max()) >= k):
         bad = sorted(set(y[(y < 0) | (y >= k)].tolist()))
         raise IndexError(f"{name}: labels {bad[:10]} are out of range for a model with {k} outputs")
@@ -243,7 +245,9 @@ def _check_training(
         raise TypeError(f"{what}: model must be an nn.Module, got {type(model).__name__}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(f"{what}: the model has no parameters that require grad; there is nothing to train")
+        raise ValueError(
+            f"{what}: the model has no parameters that require grad; there is nothing to train"
+        )
     _check_positive_int(epochs, "epochs", what)
     _check_positive_int(batch_size, "batch_size", what)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
@@ -251,7 +255,9 @@ def _check_training(
     if not isinstance(x, Tensor):
         raise TypeError(f"{what}: x must be a Tensor, got {type(x).__name__}")
     if x.dim() == 0 or len(x) == 0:
-        raise ValueError(f"{what}: x is empty (shape {tuple(x.shape)}); there is nothing to train on")
+        raise ValueError(
+            f"{what}: x is empty (shape {tuple(x.shape)}); there is nothing to train on"
+        )
     if isinstance(y, Tensor) and y.dim() >= 1 and len(x) != len(y):
         raise ValueError(f"{what}: x has {len(x)} examples but y has {len(y)}")
     if masks is not None and len(masks) != len(x):
