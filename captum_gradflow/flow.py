@@ -36,10 +36,11 @@ from captum_gradflow._common import (
     input_gradients,
     decision_margin,
     prepare_inputs,
-    projection_ratio,
+
     target_indices,
 )
 from captum_gradflow.features import Feature, LinearFeature, as_feature_list
+from captum_gradflow.gradients import projection_ratio
 
 __all__ = ["GradientFlowAlignment", "FlowResult"]
 
