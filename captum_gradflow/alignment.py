@@ -150,7 +150,7 @@ class FeatureAlignment(GradientAttribution):
             dec = decision_basis(self.forward_func, xs, target, additional_forward_args, decision,
                                  self.rank_tol)
             s = measure(dec.basis, dec.defined, grads, dec.blocks)
-        _warn_nan(s, self.feature_names, "alignment")
+        _warn_nan(s, self.feature_names, "alignment", stacklevel=3)  # under log_usage
         return s
 
     def joint(
@@ -193,7 +193,7 @@ class FeatureAlignment(GradientAttribution):
             dec = decision_basis(self.forward_func, xs, target, additional_forward_args, "target",
                                  self.rank_tol)
             jv = joint_alignment(dec, grads, self.rank_tol)
-        _warn_nan(jv[:, None], ["joint"], "joint alignment")
+        _warn_nan(jv[:, None], ["joint"], "joint alignment", stacklevel=2)
         return jv
 
     def compare_to_noise(
@@ -264,8 +264,8 @@ class FeatureAlignment(GradientAttribution):
                                  self.rank_tol)
             s_all = measure(dec.basis, dec.defined, grads, dec.blocks)
         s, s_noise = s_all[:, :m], s_all[:, m:]
-        _warn_nan(s, self.feature_names, "alignment")
-        _warn_nan(s_noise, ["noise"] * len(noise), "noise alignment")
+        _warn_nan(s, self.feature_names, "alignment", stacklevel=2)
+        _warn_nan(s_noise, ["noise"] * len(noise), "noise alignment", stacklevel=2)
         return noise_comparison(s.detach().cpu(), s_noise.detach().cpu(), self.feature_names,
                                 construction)
 
@@ -283,7 +283,8 @@ class FeatureAlignment(GradientAttribution):
                 )
 
 
-def _warn_nan(values: Tensor, names: Sequence[str], what: str) -> None:
+def _warn_nan(values: Tensor, names: Sequence[str], what: str, stacklevel: int = 3) -> None:
+    """Warn how many values are NaN, per feature; ``stacklevel`` counts from the caller."""
     total = count_nan(values)
     if total == 0:
         return
@@ -297,5 +298,5 @@ def _warn_nan(values: Tensor, names: Sequence[str], what: str) -> None:
         f"{total} of {values.numel()} {what} values are undefined (NaN: a zero or non-finite "
         f"gradient) - {detail}",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=stacklevel + 1,
     )
