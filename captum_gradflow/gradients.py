@@ -54,7 +54,7 @@ def projection_ratio(energy: Tensor, norm2: Tensor, defined: Optional[Tensor] = 
         tensor([0.2500,    nan])
     """
     s = energy / norm2
-    bad = ~(norm2 > 0) | ~torch.isfinite(s)
+    bad = ~(norm2 > 0) | ~torch.isfinite(norm2) | ~torch.isfinite(s)
     if defined is not None:
         bad = bad | ~defined
     return torch.where(bad, torch.full_like(s, float("nan")), s.clamp(0.0, 1.0))
