@@ -354,16 +354,11 @@ def differentiable_squared_cosines(
     for i, items in by_input.items():
         cols = [j for j, _ in items]
         g = torch.stack([g.expand(n, -1) for _, g in items], dim=1).to(norm_f.dtype)  # (n, m_i, d_i)
-        finite = torch.isfinite(g)
-        if not bool(finite.all()):
-            g = torch.where(finite, g, zero)
-            bad = ~finite.all(-1)
-        else:
-            bad = None
-        ng = (g * g).sum(-1)
-        if bad is not None:
-            ng = torch.where(bad, zero, ng)
+        ng = (g * g).sum(-1)  # NaN and Inf reach the norm: one check of (n, m_i) values
+        bad = ~torch.isfinite(ng)
+        if bool(bad.any()):
             g = torch.where(bad[..., None], zero, g)
+            ng = torch.where(bad, zero, ng)
         dots[:, cols] = torch.bmm(g, grad_f[i].unsqueeze(-1)).squeeze(-1)
         norm_g[:, cols] = ng
     for grp in grads.linear:
