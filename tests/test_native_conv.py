@@ -92,3 +92,67 @@ def test_subspace_jacobian_shares_one_switch_over_its_backward_passes():
     reference = _with_onednn_off(lambda: fa.attribute(x, decision="subspace"))
     assert torch.allclose(s, reference, atol=1e-5)
     assert torch.backends.mkldnn.enabled
+
+
+def test_two_threads_take_turns_and_leave_the_flag_on():
+    import threading
+
+    from captum_gradflow import _native_conv
+
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x = torch.rand(4, 1, 32, 32)
+    reference = _with_onednn_off(lambda: input_gradients(model, prepare_inputs((x,)), 1)[0][0])
+    windows, errors, results = [], [], []
+    original = _native_conv._SWITCH
+
+    class Recording:
+        """The module lock, recording who holds it: two holders at once would be a bug."""
+
+        def __init__(self):
+            self.holders = 0
+
+        def acquire(self):
+            original.acquire()
+            self.holders += 1
+            windows.append(self.holders)
+
+        def release(self):
+            self.holders -= 1
+            original.release()
+
+    _native_conv._SWITCH = Recording()
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(input_gradients(model, prepare_inputs((x,)), 1)[0][0])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        _native_conv._SWITCH = original
+    assert not errors
+    assert len(results) == 10 and len(windows) == 10 and max(windows) == 1
+    for g in results:
+        torch.testing.assert_close(g, reference, rtol=1e-4, atol=1e-6)
+    assert torch.backends.mkldnn.enabled
+    assert original.acquire(blocking=False)
+    original.release()
+
+
+def test_a_flag_switched_off_by_the_user_stays_off():
+    model = SmallCNN().eval()
+    x = torch.rand(2, 1, 32, 32)
+    torch.backends.mkldnn.enabled = False
+    try:
+        input_gradients(model, prepare_inputs((x,)), 1)
+        assert not torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = True
