@@ -1,4 +1,4 @@
-"""FeatureAlignment: closed forms, ground truth, Captum conformance, bad input (DESIGN 2.1-2.4, 5)."""
+"""FeatureAlignment: closed forms, ground truth, Captum conformance, bad input (docs/definitions.md, sections 2.1-2.4, 5)."""
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,4 @@
-"""GradientFlowAlignment (DESIGN 2.5): exact flows of linear and quadratic models, stopping
+"""GradientFlowAlignment (docs/definitions.md, section 2.5): exact flows of linear and quadratic models, stopping
 rules, Captum conformance and input validation."""
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_linear_one_output_flow_equals_pointwise_alignment(directions):
         x, threshold=0.3, integrator="heun", return_details=True
     )
     w = model.weight.detach()[0]
-    # DESIGN 2.1: S = squared cosine of grad F (= w) and grad g (= r).
+    # Section 2.1: S = squared cosine of grad F (= w) and grad g (= r).
     torch.testing.assert_close(res.alignment[:, 0], torch.full((4,), sq_cos(w, r), dtype=D))
     m0 = model(x).detach()[:, 0] - 0.3
     torch.testing.assert_close(res.start_margin, m0)

@@ -1,4 +1,4 @@
-"""AlignmentRegularizer and alignment_penalty (DESIGN 2.6)."""
+"""AlignmentRegularizer and alignment_penalty (docs/definitions.md, section 2.6)."""
 from __future__ import annotations
 
 import copy
