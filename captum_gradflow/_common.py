@@ -245,6 +245,58 @@ def input_gradients(
     return grads, out
 
 
+def differentiable_input_gradient(out: Tensor, xs: Tuple[Tensor, ...], target: TargetType
+                                  ) -> Tuple[Dict[int, Tensor], Tensor]:
+    """Input gradient of ``out[target]`` that autograd can differentiate again (training).
+
+    ``out`` is the model's output for ``xs``, computed with gradients enabled; inputs that
+    require grad are differentiated. Returns ``(grad_f per input index (n, d_i), |grad f|^2
+    over all inputs (n,))``, both part of the graph. Errors name the problem: no input
+    requiring grad, an output not depending on the inputs, NaN/Inf in the inputs, output or
+    gradient, a gradient that is zero for every example.
+    """
+    n = xs[0].shape[0]
+    if out.dim() == 0 or out.shape[0] != n:
+        raise ValueError(f"out has shape {tuple(out.shape)}; expected one row per example ({n})")
+    check_finite(xs, "inputs")
+    check_finite((out.detach(),), "model output")
+    leaves = [i for i, t in enumerate(xs) if t.requires_grad]
+    if not leaves:
+        raise ValueError(
+            "inputs do not require grad: call x.requires_grad_() before the forward pass "
+            "out = model(x), so the penalty can take the input gradient from it"
+        )
+    if not out.requires_grad:
+        raise ValueError(
+            "the model output does not depend on the inputs through autograd (computed "
+            "under torch.no_grad(), detached, or not a function of x)"
+        )
+    value = select_target(out, target)
+    with native_one_channel_conv_grads(value.grad_fn):
+        grads = torch.autograd.grad(
+            value, [xs[i] for i in leaves], grad_outputs=torch.ones_like(value),
+            create_graph=True, allow_unused=True,
+        )
+    if all(g is None for g in grads):
+        raise ValueError("the model output does not depend on the inputs: its input gradient is empty")
+    grad_f = {
+        i: (torch.zeros_like(xs[i]) if g is None else g).reshape(n, -1) for i, g in zip(leaves, grads)
+    }
+    norm_f = sum((g * g).sum(1) for g in grad_f.values())  # over all inputs (section 2.1)
+    bad_f = ~torch.isfinite(norm_f.detach())
+    if bool(bad_f.any()):
+        raise ValueError(
+            f"the model's input gradient contains NaN or Inf for {int(bad_f.sum())} of {n} "
+            "examples (check the model and the learning rate)"
+        )
+    if not bool((norm_f.detach() > 0).any()):
+        raise ValueError(
+            "the model's input gradient is zero for every example: its output does not "
+            "depend on the input (or all units are saturated)"
+        )
+    return grad_f, norm_f
+
+
 def take_rows(value: Any, rows: Optional[Tensor], n: int, lists: bool = True) -> Any:
     """Rows ``rows`` of anything with one entry per example; anything else as it is.
 

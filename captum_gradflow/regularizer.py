@@ -22,15 +22,13 @@ from captum_gradflow import _guard
 from captum_gradflow._common import (
     TargetType,
     TensorOrTuple,
-    check_finite,
+    differentiable_input_gradient,
     format_inputs,
     prepare_inputs,
     run_forward,
-    select_target,
     take_args,
     take_rows,
 )
-from captum_gradflow._native_conv import native_one_channel_conv_grads
 from captum_gradflow.features import Feature, as_feature_list
 from captum_gradflow.gradients import FeatureGradients, GradientPath, differentiable_squared_cosines
 
@@ -153,9 +151,7 @@ class AlignmentRegularizer:
         forward_func: The model, needed when ``fraction < 1``.
         seed: Seed of the subset draws.
         delay: Number of first calls (training steps) that return a zero penalty without
-            computing it. On an untrained model the penalty can pull harder than the
-            cross-entropy and stall learning for good (every example predicted alike); let
-            the classifier start learning first.
+            computing it (see "Schedule").
         warmup: Number of calls after the delay over which the weights ramp linearly up to
             their full value; 0 (default) applies them at once.
 
@@ -278,7 +274,7 @@ class AlignmentRegularizer:
             raise TypeError(f"out must be the model's output Tensor, got {type(out).__name__}")
         _guard.check_batch(xs, None, "AlignmentRegularizer inputs")
         with _guard.preserved(None, xs, "AlignmentRegularizer"):
-            if any(t.requires_grad for t in xs):
+            if any(t.requires_grad for t in xs):  # else the input gradient's error says why
                 _check_feature_inputs(self.features, xs)
             grads = GradientPath(self.features, xs, [mask] * len(self.features))(xs)
             return self._penalty(out, xs, target, grads)
@@ -318,6 +314,7 @@ class AlignmentRegularizer:
         sub = prepare_inputs(tuple(t.detach().index_select(0, idx) for t in xs))
         with _guard.preserved(forward_func, xs, "AlignmentRegularizer.subset_penalty"), torch.enable_grad():
             out = run_forward(forward_func, sub, take_args(additional_forward_args, idx, n))
+            _check_feature_inputs(self.features, sub)
             # Per-example masks, the features' own ones too, follow the subset.
             grads = GradientPath(self.features, xs, [mask] * len(self.features))(sub, idx)
             return self._penalty(out, sub, take_rows(target, idx, n), grads)
@@ -326,7 +323,7 @@ class AlignmentRegularizer:
     def _penalty(self, out: Tensor, xs: Tuple[Tensor, ...], target: TargetType,
                  grads: FeatureGradients) -> Tensor:
         """Model input gradient, squared cosines, weighted mean: the penalty of one batch."""
-        grad_f, norm_f = _model_input_gradient(out, xs, target, self.features)
+        grad_f, norm_f = differentiable_input_gradient(out, xs, target)
         s, undefined, feature_bad = differentiable_squared_cosines(grad_f, norm_f, grads)
         total = self._weighted_mean(s, undefined, feature_bad, ~(norm_f.detach() > 0))
         self.calls += 1
@@ -392,52 +389,6 @@ def _check_feature_inputs(features: List[Feature], xs: Tuple[Tensor, ...]) -> No
                 f"feature '{f.name}' reads input {f.input_index}, which "
                 + ("does not exist" if f.input_index >= len(xs) else "does not require grad")
             )
-
-
-def _model_input_gradient(out: Tensor, xs: Tuple[Tensor, ...], target: TargetType,
-                          features: List[Feature]) -> Tuple[Dict[int, Tensor], Tensor]:
-    """``(grad_f per input (n, d_i), |grad f|^2 over all inputs (n,))``, part of the graph."""
-    n = xs[0].shape[0]
-    if out.dim() == 0 or out.shape[0] != n:
-        raise ValueError(f"out has shape {tuple(out.shape)}; expected one row per example ({n})")
-    check_finite(xs, "inputs")
-    check_finite((out.detach(),), "model output")
-    leaves = [i for i, t in enumerate(xs) if t.requires_grad]
-    if not leaves:
-        raise ValueError(
-            "inputs do not require grad: call x.requires_grad_() before the forward pass "
-            "out = model(x), so the penalty can take the input gradient from it"
-        )
-    if not out.requires_grad:
-        raise ValueError(
-            "the model output does not depend on the inputs through autograd (computed "
-            "under torch.no_grad(), detached, or not a function of x)"
-        )
-    _check_feature_inputs(features, xs)
-    value = select_target(out, target)
-    with native_one_channel_conv_grads(value.grad_fn):
-        grads = torch.autograd.grad(
-            value, [xs[i] for i in leaves], grad_outputs=torch.ones_like(value),
-            create_graph=True, allow_unused=True,
-        )
-    if all(g is None for g in grads):
-        raise ValueError("the model output does not depend on the inputs: its input gradient is empty")
-    grad_f = {
-        i: (torch.zeros_like(xs[i]) if g is None else g).reshape(n, -1) for i, g in zip(leaves, grads)
-    }
-    norm_f = sum((g * g).sum(1) for g in grad_f.values())  # over all inputs (section 2.1)
-    bad_f = ~torch.isfinite(norm_f.detach())
-    if bool(bad_f.any()):
-        raise ValueError(
-            f"the model's input gradient contains NaN or Inf for {int(bad_f.sum())} of {n} "
-            "examples (check the model and the learning rate)"
-        )
-    if not bool((norm_f.detach() > 0).any()):
-        raise ValueError(
-            "the model's input gradient is zero for every example: its output does not "
-            "depend on the input (or all units are saturated)"
-        )
-    return grad_f, norm_f
 
 
 def _check_weights(weights: Weights, features: List[Feature]) -> List[float]:
