@@ -84,17 +84,14 @@ def _declares_moments(feature: Feature, x: Tensor) -> bool:
     if hasattr(Feature, "moment_gradient"):
         overrides = type(feature).moment_gradient is not Feature.moment_gradient
         return overrides and 3 <= x.dim() <= 5
-    moment_types = (_features.Brightness, _features.Extent, _features.LogAspectRatio)
-    return type(feature) in moment_types and x.dim() == 4
+    # Brightness's closed form needs no moments: one row for a shared mask.
+    return type(feature) in (_features.Extent, _features.LogAspectRatio) and x.dim() == 4
 
 
 def _moment_gradient(feature: Feature, moments: CoordinateMoments) -> Optional[Tensor]:
     """The feature's gradient from shared coordinate moments, or None."""
     if hasattr(Feature, "moment_gradient"):
         return feature.moment_gradient(moments)
-    if type(feature) is _features.Brightness:
-        m = moments.mask if moments.mask is not None else torch.ones_like(moments.x[:1, :1])
-        return feature.closed_form_gradient(moments.x, m)
     if type(feature) is _features.Extent:
         return moments.extent_gradient()
     return moments.log_aspect_ratio_gradient()
