@@ -180,14 +180,9 @@ def decision_margin(output: Tensor, target: TargetType, threshold: float = 0.0) 
     return own - others.amax(dim=1)
 
 
-def flat(t: Tensor) -> Tensor:
-    """Flatten all but the batch dimension."""
-    return t.reshape(t.shape[0], -1)
-
-
 def flat_tuple(ts: Sequence[Tensor]) -> Tensor:
     """Concatenate a tuple of per-input tensors into one ``(N, d)`` matrix."""
-    return torch.cat([flat(t) for t in ts], dim=1)
+    return torch.cat([t.reshape(t.shape[0], -1) for t in ts], dim=1)
 
 
 def count_nan(t: Tensor) -> int:
@@ -228,21 +223,6 @@ def value_and_input_gradients(
     if create_graph:
         return grads, value, out
     return grads, value.detach(), out.detach()
-
-
-def input_gradients(
-    forward_func: Callable[..., Tensor],
-    inputs: Tuple[Tensor, ...],
-    target: TargetType = None,
-    additional_forward_args: Any = None,
-    create_graph: bool = False,
-    reduce: Optional[Callable[[Tensor, TargetType], Tensor]] = None,
-) -> Tuple[Tuple[Tensor, ...], Tensor]:
-    """:func:`value_and_input_gradients` without the value: ``(gradients, output)``."""
-    grads, _, out = value_and_input_gradients(
-        forward_func, inputs, target, additional_forward_args, create_graph, reduce
-    )
-    return grads, out
 
 
 def differentiable_input_gradient(out: Tensor, xs: Tuple[Tensor, ...], target: TargetType

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from captum_gradflow import Brightness, FeatureAlignment, SmallCNN
-from captum_gradflow._common import input_gradients, prepare_inputs
+from captum_gradflow._common import prepare_inputs, value_and_input_gradients
 from captum_gradflow._native_conv import conv_backward_nodes, native_one_channel_conv_grads
 
 
@@ -75,8 +75,8 @@ def test_input_gradients_and_alignment_match_a_run_without_onednn():
     torch.manual_seed(0)
     model = SmallCNN().eval()
     x, mask = torch.rand(3, 1, 32, 32), torch.ones(1, 1, 32, 32)
-    ours = input_gradients(model, prepare_inputs((x,)), 1)[0][0]
-    reference = _with_onednn_off(lambda: input_gradients(model, prepare_inputs((x,)), 1)[0][0])
+    ours = value_and_input_gradients(model, prepare_inputs((x,)), 1)[0][0]
+    reference = _with_onednn_off(lambda: value_and_input_gradients(model, prepare_inputs((x,)), 1)[0][0])
     assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-9)
     fa = FeatureAlignment(model, Brightness())
     s = fa.attribute(x, target=1, mask=mask)
@@ -102,7 +102,7 @@ def test_two_threads_take_turns_and_leave_the_flag_on():
     torch.manual_seed(0)
     model = SmallCNN().eval()
     x = torch.rand(4, 1, 32, 32)
-    reference = _with_onednn_off(lambda: input_gradients(model, prepare_inputs((x,)), 1)[0][0])
+    reference = _with_onednn_off(lambda: value_and_input_gradients(model, prepare_inputs((x,)), 1)[0][0])
     windows, errors, results = [], [], []
     original = _native_conv._SWITCH
 
@@ -126,7 +126,7 @@ def test_two_threads_take_turns_and_leave_the_flag_on():
     def work():
         try:
             for _ in range(5):
-                results.append(input_gradients(model, prepare_inputs((x,)), 1)[0][0])
+                results.append(value_and_input_gradients(model, prepare_inputs((x,)), 1)[0][0])
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
@@ -152,7 +152,7 @@ def test_a_flag_switched_off_by_the_user_stays_off():
     x = torch.rand(2, 1, 32, 32)
     torch.backends.mkldnn.enabled = False
     try:
-        input_gradients(model, prepare_inputs((x,)), 1)
+        value_and_input_gradients(model, prepare_inputs((x,)), 1)
         assert not torch.backends.mkldnn.enabled
     finally:
         torch.backends.mkldnn.enabled = True
