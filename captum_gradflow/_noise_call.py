@@ -16,9 +16,10 @@ from torch import Tensor
 from captum_gradflow import features as _features
 from captum_gradflow import noise as _noise
 from captum_gradflow.features import Feature
+from captum_gradflow.gradients import GradientPath
 from captum_gradflow.noise import NoiseComparison
 
-__all__ = ["cached_noise", "check_noise_arguments", "draw_noise", "noise_comparison"]
+__all__ = ["cached_noise", "check_noise_arguments", "draw_noise", "noise_comparison", "path_with_noise"]
 
 NoiseMask = Union[str, Tensor, None]
 Sigma = Union[str, float, None]
@@ -90,3 +91,20 @@ def cached_noise(cache: dict, features: Sequence[Feature], x: Tensor, mask: Opti
                            center_noise, input_index)
         cache[key] = (drawn, (mask, noise_mask))
     return cache[key][0]
+
+
+def path_with_noise(holder: Any, features: Sequence[Feature], xs: Tuple[Tensor, ...],
+                    mask: Optional[Tensor], n_noise: int, seed: int, noise_mask: NoiseMask,
+                    smooth_sigma: Sigma, center_noise: Optional[bool], input_index: int
+                    ) -> Tuple[GradientPath, str]:
+    """One gradient path for the features (columns ``0..m-1``) and the noise after them.
+
+    ``holder`` is the attribution object, whose ``_noise_cache`` and ``_matrix_cache`` keep
+    the noise and its stacked directions across calls. Returns the path and the
+    construction's description.
+    """
+    noise, nmask, construction = cached_noise(
+        holder._noise_cache, features, xs[input_index], mask, n_noise, seed, noise_mask,
+        smooth_sigma, center_noise, input_index)
+    masks = [mask] * len(features) + [nmask] * len(noise)
+    return GradientPath(list(features) + noise, xs, masks, cache=holder._matrix_cache), construction

@@ -27,7 +27,7 @@ from captum_gradflow.decision import decision_basis, joint_alignment
 from captum_gradflow.features import Feature, as_feature_list
 from captum_gradflow.gradients import GradientPath, measure
 from captum_gradflow.noise import NoiseComparison
-from captum_gradflow._noise_call import cached_noise, check_noise_arguments, noise_comparison
+from captum_gradflow._noise_call import check_noise_arguments, noise_comparison, path_with_noise
 
 __all__ = ["FeatureAlignment"]
 
@@ -254,18 +254,17 @@ class FeatureAlignment(GradientAttribution):
         self._check_call(xs, decision)
         check_noise_arguments(n_noise, noise_input_index, len(xs))
         with _guard.preserved(self.forward_func, xs, "FeatureAlignment.compare_to_noise"):
-            noise, nmask, construction = cached_noise(
-                self._noise_cache, self.features, xs[noise_input_index], mask, n_noise, seed,
-                noise_mask, smooth_sigma, center_noise, noise_input_index)
-            m = len(self.features)
-            masks = [mask] * m + [nmask] * len(noise)
-            grads = GradientPath(self.features + noise, xs, masks, cache=self._matrix_cache)(xs)
+            path, construction = path_with_noise(self, self.features, xs, mask, n_noise, seed,
+                                                 noise_mask, smooth_sigma, center_noise,
+                                                 noise_input_index)
+            grads = path(xs)
             dec = decision_basis(self.forward_func, xs, target, additional_forward_args, decision,
                                  self.rank_tol)
             s_all = measure(dec.basis, dec.defined, grads, dec.blocks)
+        m = len(self.features)
         s, s_noise = s_all[:, :m], s_all[:, m:]
         _warn_nan(s, self.feature_names, "alignment", stacklevel=2)
-        _warn_nan(s_noise, ["noise"] * len(noise), "noise alignment", stacklevel=2)
+        _warn_nan(s_noise, ["noise"] * n_noise, "noise alignment", stacklevel=2)
         return noise_comparison(s.detach().cpu(), s_noise.detach().cpu(), self.feature_names,
                                 construction)
 

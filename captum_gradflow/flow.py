@@ -29,7 +29,7 @@ from captum_gradflow._common import (
     format_output,
     split_mask,
 )
-from captum_gradflow._noise_call import cached_noise, check_noise_arguments, noise_comparison
+from captum_gradflow._noise_call import check_noise_arguments, noise_comparison, path_with_noise
 from captum_gradflow.features import Feature, as_feature_list
 from captum_gradflow.flow_state import FlowIntegrator
 from captum_gradflow.gradients import GradientPath
@@ -260,16 +260,13 @@ class GradientFlowAlignment(GradientAttribution):
         self._check_arguments(xs, step_size, max_steps, max_length, integrator, threshold, eps)
         check_noise_arguments(n_noise, noise_input_index, len(xs))
         with _guard.preserved(self.forward_func, xs, "GradientFlowAlignment.compare_to_noise"):
-            noise, nmask, construction = cached_noise(
-                self._noise_cache, self.features, xs[noise_input_index], mask, n_noise, seed,
-                noise_mask, smooth_sigma, center_noise, noise_input_index)
-            m = len(self.features)
-            path = GradientPath(self.features + noise, xs, [mask] * m + [nmask] * len(noise),
-                                cache=self._matrix_cache)
+            path, construction = path_with_noise(self, self.features, xs, mask, n_noise, seed,
+                                                 noise_mask, smooth_sigma, center_noise,
+                                                 noise_input_index)
             res = self._flow(path, xs, was_tuple, target, additional_forward_args, threshold,
                              step_size, int(max_steps), max_length, integrator, eps, False)
         _warn_flow(res, stacklevel=2)
-        f = res.alignment.detach().cpu()
+        f, m = res.alignment.detach().cpu(), len(self.features)
         return noise_comparison(f[:, :m], f[:, m:], [ft.name for ft in self.features], construction)
 
     def _flow(self, path: GradientPath, xs: Tuple[Tensor, ...], was_tuple: bool, target: TargetType,
