@@ -459,3 +459,20 @@ def test_flow_compare_to_noise_finds_brightness_and_not_the_decoy(brightness_mod
     # The features' columns are the flow's own F: one flow serves features and noise.
     alone = flow.attribute(x, target=y, mask=masks, max_steps=6)
     torch.testing.assert_close(rep.S, alone.double(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_per_example_mask_can_travel_in_additional_forward_args():
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(1, 4, 4, generator=g, dtype=D)
+    x = torch.randn(3, 1, 4, 4, generator=g, dtype=D)
+    masks = torch.rand(3, 1, 4, 4, generator=g, dtype=D) + 0.05
+    model = lambda z: (z * w).sum((1, 2, 3))  # noqa: E731  the mask never reaches the model
+    flow = GradientFlowAlignment(model, [Brightness()])
+    keyword = flow.attribute(x, mask=masks, step_size=0.3, max_steps=20)
+    from_args = flow.attribute(x, additional_forward_args=(masks,), mask="from_args",
+                               step_size=0.3, max_steps=20)
+    torch.testing.assert_close(from_args, keyword)
+    with pytest.raises(ValueError, match="last entry of additional_forward_args"):
+        flow.attribute(x, mask="from_args")
+    with pytest.raises(ValueError, match="mask must be a tensor, None or 'from_args'"):
+        flow.attribute(x, mask="auto")
