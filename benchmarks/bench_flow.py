@@ -3,7 +3,7 @@
 Target: 32 Euler steps cost at most 1.0x ``IntegratedGradients(model).attribute(x,
 target=..., n_steps=32)`` at IG's fastest ``internal_batch_size``; Heun counts two model
 evaluations per step, so 16 Heun steps are compared with the same IG. The target rows align
-Brightness (whole image) and 8 smoothed noise features (the baseline of DESIGN 2.3), whose
+Brightness (whole image) and 8 smoothed noise features (the baseline of docs/definitions.md, section 2.3), whose
 gradients are closed-form and shared by all examples, so they measure the flow itself. A row
 without target uses the paper's three lesion features with lesion masks instead (their
 gradients are recomputed per example at every point: that cost belongs to the features).

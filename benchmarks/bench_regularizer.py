@@ -1,4 +1,4 @@
-"""Cost of a regularized training step against a plain cross-entropy step (DESIGN 2.6).
+"""Cost of a regularized training step against a plain cross-entropy step (docs/definitions.md, section 2.6).
 
 Three steps, each a forward, a backward and an Adam step on its own copy of the model, timed
 side by side: plain cross-entropy (the baseline), the exact alignment penalty (shared forward,

@@ -1,7 +1,7 @@
-"""Small shared helpers: input and target formatting, safe squared cosines, gradients.
+"""Small shared helpers: input and target formatting, model input gradients, row subsets.
 
 Captum's own helpers of this kind are underscore-private and change between releases, so the
-package keeps its own few (DESIGN 5).
+package keeps its own few (docs/definitions.md, section 5).
 """
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def target_indices(target: TargetType, n: int, device: torch.device) -> Optional
 
 
 def decision_margin(output: Tensor, target: TargetType, threshold: float = 0.0) -> Tensor:
-    """Decision margin of DESIGN 2.5, one value per example.
+    """Decision margin of docs/definitions.md, section 2.5, one value per example.
 
     One output: ``F - threshold``; K outputs: ``F_target - max_{c != target} F_c`` (for two
     classes this is ``F_t - F_other``).
@@ -180,49 +180,9 @@ def decision_margin(output: Tensor, target: TargetType, threshold: float = 0.0) 
     return own - others.amax(dim=1)
 
 
-def flat(t: Tensor) -> Tensor:
-    """Flatten all but the batch dimension."""
-    return t.reshape(t.shape[0], -1)
-
-
 def flat_tuple(ts: Sequence[Tensor]) -> Tensor:
     """Concatenate a tuple of per-input tensors into one ``(N, d)`` matrix."""
-    return torch.cat([flat(t) for t in ts], dim=1)
-
-
-def projection_ratio(energy: Tensor, norm2: Tensor, defined: Optional[Tensor] = None) -> Tensor:
-    """``energy / norm2`` clamped to [0, 1], NaN where undefined (DESIGN 2.1).
-
-    The one NaN rule of the package: a zero or non-finite norm, a non-finite ratio, or
-    ``defined`` False gives NaN, never a silent 0. ``energy`` is a squared projection
-    (``<a, b>^2``, or a sum of them onto an orthonormal basis) and ``norm2`` the product of
-    squared norms it is divided by.
-    """
-    s = energy / norm2
-    bad = ~(norm2 > 0) | ~torch.isfinite(s)
-    if defined is not None:
-        bad = bad | ~defined
-    return torch.where(bad, torch.full_like(s, float("nan")), s.clamp(0.0, 1.0))
-
-
-def squared_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Squared cosine of ``a`` (``(N, d)``) with ``b`` in [0, 1], NaN where undefined.
-
-    ``b`` is ``(N, d)`` (row by row, giving ``(N,)``) or ``(N, m, d)`` (``m`` vectors per
-    example, giving ``(N, m)``).
-    """
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    a, b = a.to(dtype), b.to(dtype)
-    if b.dim() == 2 and b.shape == a.shape:
-        dot, nb, na = (a * b).sum(-1), (b * b).sum(-1), (a * a).sum(-1)
-    elif b.dim() == 3 and b.shape[0] == a.shape[0] and b.shape[2] == a.shape[1]:
-        dot, nb, na = torch.einsum("nd,nmd->nm", a, b), (b * b).sum(-1), (a * a).sum(-1)[:, None]
-    else:
-        raise ValueError(
-            f"squared_cosine: b of shape {tuple(b.shape)} does not match a of shape {tuple(a.shape)}; "
-            "expected (N, d) or (N, m, d)"
-        )
-    return projection_ratio(dot * dot, na * nb)
+    return torch.cat([t.reshape(t.shape[0], -1) for t in ts], dim=1)
 
 
 def count_nan(t: Tensor) -> int:
@@ -230,21 +190,22 @@ def count_nan(t: Tensor) -> int:
     return int(torch.isnan(t).sum())
 
 
-def input_gradients(
+def value_and_input_gradients(
     forward_func: Callable[..., Tensor],
     inputs: Tuple[Tensor, ...],
     target: TargetType = None,
     additional_forward_args: Any = None,
     create_graph: bool = False,
     reduce: Optional[Callable[[Tensor, TargetType], Tensor]] = None,
-) -> Tuple[Tuple[Tensor, ...], Tensor]:
-    """Gradients of the per-example decision value with respect to ``inputs``.
+) -> Tuple[Tuple[Tensor, ...], Tensor, Tensor]:
+    """Gradients of the per-example decision value with respect to ``inputs``, and that value.
 
     ``inputs`` must be leaves that require grad (see :func:`prepare_inputs`). ``reduce`` maps
-    ``(output, target)`` to one scalar per example; the default is :func:`select_target`.
-    Works inside ``torch.no_grad()``. One-channel CPU convolutions backpropagate without
-    oneDNN (:func:`~captum_gradflow._native_conv.native_one_channel_conv_grads`). Returns
-    ``(gradients, output)``; the output is detached unless ``create_graph``.
+    ``(output, target)`` to one scalar per example (the decision value, e.g. a margin); the
+    default is :func:`select_target`. Works inside ``torch.no_grad()``. One-channel CPU
+    convolutions backpropagate without oneDNN
+    (:func:`~captum_gradflow._native_conv.native_one_channel_conv_grads`). Returns
+    ``(gradients, value, output)``; value and output are detached unless ``create_graph``.
     """
     reduce = reduce or select_target
     with torch.enable_grad():
@@ -259,4 +220,115 @@ def input_gradients(
         with native_one_channel_conv_grads(total.grad_fn):
             grads = torch.autograd.grad(total, inputs, create_graph=create_graph, allow_unused=True)
     grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
-    return grads, (out if create_graph else out.detach())
+    if create_graph:
+        return grads, value, out
+    return grads, value.detach(), out.detach()
+
+
+def differentiable_input_gradient(out: Tensor, xs: Tuple[Tensor, ...], target: TargetType
+                                  ) -> Tuple[Dict[int, Tensor], Tensor]:
+    """Input gradient of ``out[target]`` that autograd can differentiate again (training).
+
+    ``out`` is the model's output for ``xs``, computed with gradients enabled; inputs that
+    require grad are differentiated. Returns ``(grad_f per input index (n, d_i), |grad f|^2
+    over all inputs (n,))``, both part of the graph. Errors name the problem: no input
+    requiring grad, an output not depending on the inputs, NaN/Inf in the inputs, output or
+    gradient, a gradient that is zero for every example.
+    """
+    n = xs[0].shape[0]
+    if out.dim() == 0 or out.shape[0] != n:
+        raise ValueError(f"out has shape {tuple(out.shape)}; expected one row per example ({n})")
+    check_finite(xs, "inputs")
+    check_finite((out.detach(),), "model output")
+    leaves = [i for i, t in enumerate(xs) if t.requires_grad]
+    if not leaves:
+        raise ValueError(
+            "inputs do not require grad: call x.requires_grad_() before the forward pass "
+            "out = model(x), so the penalty can take the input gradient from it"
+        )
+    if not out.requires_grad:
+        raise ValueError(
+            "the model output does not depend on the inputs through autograd (computed "
+            "under torch.no_grad(), detached, or not a function of x)"
+        )
+    value = select_target(out, target)
+    with native_one_channel_conv_grads(value.grad_fn):
+        grads = torch.autograd.grad(
+            value, [xs[i] for i in leaves], grad_outputs=torch.ones_like(value),
+            create_graph=True, allow_unused=True,
+        )
+    if all(g is None for g in grads):
+        raise ValueError("the model output does not depend on the inputs: its input gradient is empty")
+    grad_f = {
+        i: (torch.zeros_like(xs[i]) if g is None else g).reshape(n, -1) for i, g in zip(leaves, grads)
+    }
+    norm_f = sum((g * g).sum(1) for g in grad_f.values())  # over all inputs (section 2.1)
+    bad_f = ~torch.isfinite(norm_f.detach())
+    if bool(bad_f.any()):
+        raise ValueError(
+            f"the model's input gradient contains NaN or Inf for {int(bad_f.sum())} of {n} "
+            "examples (check the model and the learning rate)"
+        )
+    if not bool((norm_f.detach() > 0).any()):
+        raise ValueError(
+            "the model's input gradient is zero for every example: its output does not "
+            "depend on the input (or all units are saturated)"
+        )
+    return grad_f, norm_f
+
+
+def take_rows(value: Any, rows: Optional[Tensor], n: int, lists: bool = True) -> Any:
+    """Rows ``rows`` of anything with one entry per example; anything else as it is.
+
+    The one rule for following a subset of a batch (the flow's active examples, the
+    regularizer's random subset): a tensor whose first dimension is the batch size ``n``
+    (``n > 1``, so a shared one-row tensor is never mistaken for a batch) and, with
+    ``lists``, a list of ``n`` per-example entries (Captum's list targets). ``rows=None``
+    means every row.
+    """
+    if rows is None or n <= 1:
+        return value
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return value.index_select(0, rows.to(value.device))
+    if lists and isinstance(value, list) and len(value) == n:
+        return [value[i] for i in rows.tolist()]
+    return value
+
+
+def take_args(additional_forward_args: Any, rows: Optional[Tensor], n: int) -> Tuple[Any, ...]:
+    """Additional forward arguments as a tuple, per-example tensors cut to ``rows``."""
+    args = format_additional_args(additional_forward_args)
+    return tuple(take_rows(a, rows, n, lists=False) for a in args)
+
+
+MASK_FROM_ARGS = "from_args"
+
+
+def split_mask(mask: Any, n: int, additional_forward_args: Any) -> Tuple[Optional[Tensor], Any]:
+    """``(mask, additional_forward_args)`` with a per-example mask taken out of the arguments.
+
+    ``mask="from_args"`` means: the mask is the last entry of ``additional_forward_args``
+    (removed before the model is called). Captum's wrappers (``NoiseTunnel``,
+    ``captum.metrics.sensitivity_max``) repeat the inputs and the additional arguments, but
+    not keyword arguments, so a per-example mask must travel there. A mask tensor whose rows
+    do not match the batch gets an error saying so.
+    """
+    if isinstance(mask, str):
+        if mask != MASK_FROM_ARGS:
+            raise ValueError(f"mask must be a tensor, None or {MASK_FROM_ARGS!r}, got {mask!r}")
+        args = format_additional_args(additional_forward_args)
+        if not args or not isinstance(args[-1], Tensor):
+            raise ValueError(
+                "mask='from_args' takes the mask from the last entry of additional_forward_args, "
+                "but that is not a tensor"
+            )
+        mask, rest = args[-1], args[:-1]
+        additional_forward_args = rest if rest else None
+    if isinstance(mask, Tensor) and mask.dim() >= 3 and mask.shape[0] not in (1, n):
+        raise ValueError(
+            f"mask has {mask.shape[0]} rows (one per example) but the inputs have {n}. Captum "
+            "wrappers such as NoiseTunnel and sensitivity_max repeat the inputs but not keyword "
+            "arguments: pass the per-example mask as the last entry of additional_forward_args "
+            f"and mask={MASK_FROM_ARGS!r}, so it is repeated with the inputs"
+        )
+    return mask, additional_forward_args

@@ -8,12 +8,18 @@ backward pass. Only those graph nodes run without oneDNN; everything else is unt
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional
 
 import torch
 
 __all__ = ["conv_backward_nodes", "native_one_channel_conv_grads"]
+
+# Held from the moment a hooked node switches oneDNN off until it switches it back on, so two
+# threads of the package never interleave their switches (one turning the flag on while the
+# other's node runs, or leaving it off). Hooks run on the thread that called backward (CPU).
+_SWITCH = threading.Lock()
 
 
 def conv_backward_nodes(root: Optional[Any]) -> List[Any]:
@@ -46,9 +52,15 @@ def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
     model's first layer) is several times slower than PyTorch's native one (about 40 ms
     against 9 ms for the small CNN's first layer, batch 16, 128 px, one thread; the results
     agree to float rounding). oneDNN is switched off only while those nodes of the graph
-    run, by node hooks removed on exit; the flag is restored on exit whatever happens. The
-    switch is process-wide, like every ``torch.backends`` flag. Nothing changes when oneDNN
-    is already off, on GPU, or for convolutions with several input channels or groups.
+    run, by node hooks removed on exit; the flag is restored on exit whatever happens.
+
+    Threads: the switch is process-wide, like every ``torch.backends`` flag. A module lock is
+    held while it is off, so concurrent calls of the package in several threads take turns
+    for those nodes and never leave the flag off. A convolution that *another* library runs
+    in another thread inside that window (a few milliseconds per backward pass) uses
+    PyTorch's native kernel instead of oneDNN: slower, with results equal up to float
+    rounding. Nothing changes when oneDNN is already off, on GPU, or for convolutions with
+    several input channels or groups.
 
     Args:
         root: ``grad_fn`` of the tensor about to be differentiated (``None``: no-op).
@@ -75,11 +87,19 @@ def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
         yield
         return
 
+    held = threading.local()
+
     def off(*_: Any) -> None:
+        if not getattr(held, "lock", False):
+            _SWITCH.acquire()
+            held.lock = True
         torch.backends.mkldnn.enabled = False
 
     def on(*_: Any) -> None:
         torch.backends.mkldnn.enabled = True
+        if getattr(held, "lock", False):
+            held.lock = False
+            _SWITCH.release()
 
     handles = [h for node in nodes for h in (node.register_prehook(off), node.register_hook(on))]
     try:
@@ -87,4 +107,4 @@ def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
-        torch.backends.mkldnn.enabled = True
+        on()  # also when a node raised between its two hooks

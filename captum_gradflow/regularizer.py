@@ -1,7 +1,9 @@
-"""The alignment regularizer: train models whose input gradients agree with features (DESIGN 2.6).
+"""The alignment regularizer: train models whose input gradients agree with features.
+
+docs/definitions.md, section 2.6.
 
 The penalty is ``sum_i lambda_i * mean_x (1 - S_{g_i}(x))`` with ``S`` the squared cosine of
-DESIGN 2.1 between the input gradient of the decision function ``f = F(x)[target]`` and the
+section 2.1 between the input gradient of the decision function ``f = F(x)[target]`` and the
 gradient of the feature ``g_i``. Its gradient with respect to the model parameters goes
 through the input gradient, so the input gradient is built with ``create_graph=True``
 (double backpropagation). Feature gradients are constants (closed form where the feature has
@@ -16,18 +18,19 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from captum_gradflow import _guard
 from captum_gradflow._common import (
     TargetType,
     TensorOrTuple,
-    check_finite,
-    format_additional_args,
+    differentiable_input_gradient,
     format_inputs,
     prepare_inputs,
     run_forward,
-    select_target,
+    take_args,
+    take_rows,
 )
-from captum_gradflow._native_conv import native_one_channel_conv_grads
 from captum_gradflow.features import Feature, as_feature_list
+from captum_gradflow.gradients import FeatureGradients, GradientPath, differentiable_squared_cosines
 
 __all__ = ["AlignmentRegularizer", "alignment_penalty"]
 
@@ -80,7 +83,7 @@ def alignment_penalty(
 class AlignmentRegularizer:
     r"""Penalty that rewards a model for input gradients aligned with interpretable features.
 
-    For a batch of ``N`` examples (DESIGN 2.6)::
+    For a batch of ``N`` examples (docs/definitions.md, section 2.6)::
 
         L = CE + sum_i lambda_i * (1/N) sum_x (1 - S_{g_i}(x))
 
@@ -148,9 +151,7 @@ class AlignmentRegularizer:
         forward_func: The model, needed when ``fraction < 1``.
         seed: Seed of the subset draws.
         delay: Number of first calls (training steps) that return a zero penalty without
-            computing it. On an untrained model the penalty can pull harder than the
-            cross-entropy and stall learning for good (every example predicted alike); let
-            the classifier start learning first.
+            computing it (see "Schedule").
         warmup: Number of calls after the delay over which the weights ramp linearly up to
             their full value; 0 (default) applies them at once.
 
@@ -271,7 +272,12 @@ class AlignmentRegularizer:
         xs, _ = format_inputs(inputs)
         if not isinstance(out, Tensor):
             raise TypeError(f"out must be the model's output Tensor, got {type(out).__name__}")
-        return self._penalty(out, xs, target, [mask] * len(self.features))
+        _guard.check_batch(xs, None, "AlignmentRegularizer inputs")
+        with _guard.preserved(None, xs, "AlignmentRegularizer"):
+            if any(t.requires_grad for t in xs):  # else the input gradient's error says why
+                _check_feature_inputs(self.features, xs)
+            grads = GradientPath(self.features, xs, [mask] * len(self.features))(xs)
+            return self._penalty(out, xs, target, grads)
 
     def subset_penalty(
         self,
@@ -301,125 +307,52 @@ class AlignmentRegularizer:
         if self.scale == 0.0:
             return self._skip(inputs)
         xs, _ = format_inputs(inputs)
+        _guard.check_batch(xs, forward_func, "AlignmentRegularizer inputs")
         n = xs[0].shape[0]
         k = max(1, math.ceil(fraction * n))
         idx = torch.randperm(n, generator=self._generator)[:k].to(xs[0].device)
-        sub = prepare_inputs(tuple(t.detach()[idx] for t in xs))
-        args = tuple(
-            a[idx] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
-            for a in format_additional_args(additional_forward_args)
-        )
-        with torch.enable_grad():
-            out = run_forward(forward_func, sub, args)
-            # A feature's own per-example mask must follow the subset as well.
-            masks = [
-                _subset_mask(mask if mask is not None else f.mask, idx, n) for f in self.features
-            ]
-            return self._penalty(out, sub, _subset_target(target, idx, n), masks)
+        sub = prepare_inputs(tuple(t.detach().index_select(0, idx) for t in xs))
+        with _guard.preserved(forward_func, xs, "AlignmentRegularizer.subset_penalty"), torch.enable_grad():
+            out = run_forward(forward_func, sub, take_args(additional_forward_args, idx, n))
+            _check_feature_inputs(self.features, sub)
+            # Per-example masks, the features' own ones too, follow the subset.
+            grads = GradientPath(self.features, xs, [mask] * len(self.features))(sub, idx)
+            return self._penalty(out, sub, take_rows(target, idx, n), grads)
 
     # ------------------------------------------------------------------ internals
-    def _penalty(
-        self, out: Tensor, xs: Tuple[Tensor, ...], target: TargetType, masks: List[Optional[Tensor]]
-    ) -> Tensor:
-        n = xs[0].shape[0]
-        if out.dim() == 0 or out.shape[0] != n:
-            raise ValueError(
-                f"out has shape {tuple(out.shape)}; expected one row per example ({n})"
-            )
-        check_finite(xs, "inputs")
-        check_finite((out.detach(),), "model output")
-        leaves = [i for i, t in enumerate(xs) if t.requires_grad]
-        if not leaves:
-            raise ValueError(
-                "inputs do not require grad: call x.requires_grad_() before the forward pass "
-                "out = model(x), so the penalty can take the input gradient from it"
-            )
-        if not out.requires_grad:
-            raise ValueError(
-                "the model output does not depend on the inputs through autograd (computed "
-                "under torch.no_grad(), detached, or not a function of x)"
-            )
-        value = select_target(out, target)
-        with native_one_channel_conv_grads(value.grad_fn):
-            grads = torch.autograd.grad(
-                value, [xs[i] for i in leaves], grad_outputs=torch.ones_like(value),
-                create_graph=True, allow_unused=True,
-            )
-        if all(g is None for g in grads):
-            raise ValueError(
-                "the model output does not depend on the inputs: its input gradient is empty"
-            )
-        grad_f: Dict[int, Tensor] = {
-            i: (torch.zeros_like(xs[i]) if g is None else g).reshape(n, -1)
-            for i, g in zip(leaves, grads)
-        }
-        norm_f = sum((g * g).sum(1) for g in grad_f.values())  # over all inputs (DESIGN 2.1)
-        bad_f = ~torch.isfinite(norm_f.detach())
-        if bad_f.any():
-            raise ValueError(
-                f"the model's input gradient contains NaN or Inf for {int(bad_f.sum())} of {n} "
-                "examples (check the model and the learning rate)"
-            )
-        zero_f = norm_f.detach() <= 0
-        if zero_f.all():
-            raise ValueError(
-                "the model's input gradient is zero for every example: its output does not "
-                "depend on the input (or all units are saturated)"
-            )
+    def _penalty(self, out: Tensor, xs: Tuple[Tensor, ...], target: TargetType,
+                 grads: FeatureGradients) -> Tensor:
+        """Model input gradient, squared cosines, weighted mean: the penalty of one batch."""
+        grad_f, norm_f = differentiable_input_gradient(out, xs, target)
+        s, undefined, feature_bad = differentiable_squared_cosines(grad_f, norm_f, grads)
+        total = self._weighted_mean(s, undefined, feature_bad, ~(norm_f.detach() > 0))
+        self.calls += 1
+        return total
 
-        # Squared cosines, one batched product per input tensor: features reading the same
-        # input have their (constant) gradients stacked into an (N, m, d) matrix.
-        s_cols: Dict[int, Tensor] = {}
-        bad_cols: Dict[int, Tensor] = {}
-        for i in sorted({f.input_index for f in self.features}):
-            cols = [j for j, f in enumerate(self.features) if f.input_index == i]
-            if i >= len(xs) or i not in grad_f:
-                raise ValueError(
-                    f"feature '{self.features[cols[0]].name}' reads input {i}, which "
-                    + ("does not exist" if i >= len(xs) else "does not require grad")
-                )
-            x_i = xs[i].detach()
-            g = torch.stack(
-                [self.features[j].gradient(x_i, masks[j]).reshape(n, -1) for j in cols], dim=1
-            ).to(grad_f[i].dtype)
-            norm_g = (g * g).sum(-1)  # (N, m)
-            bad_g = ~torch.isfinite(norm_g) | (norm_g <= 0)
-            if bad_g.any():
-                # Stand-ins for undefined rows, left out below: a NaN there would poison the
-                # backward pass even behind torch.where.
-                g = torch.where(bad_g[..., None], torch.zeros_like(g), g)
-            dot = torch.bmm(g, grad_f[i].unsqueeze(-1)).squeeze(-1)  # (N, m)
-            undefined = bad_g | zero_f[:, None]
-            denom = torch.where(undefined, torch.ones_like(norm_g), norm_f[:, None] * norm_g)
-            s = dot * dot / denom
-            for k, j in enumerate(cols):
-                s_cols[j], bad_cols[j] = s[:, k], bad_g[:, k]
-
-        total = out.new_zeros(())
-        self.last_alignment, self.last_undefined = {}, {}
-        scale = self.scale
-        for j, (feature, lam) in enumerate(zip(self.features, self._weights)):
-            s, bad_g = s_cols[j], bad_cols[j]
-            if bad_g.all():
+    def _weighted_mean(self, s: Tensor, undefined: Tensor, feature_bad: Tensor, zero_f: Tensor) -> Tensor:
+        """``sum_i scale lambda_i mean_x (1 - S_i)`` over defined examples, with bookkeeping."""
+        n = s.shape[0]
+        for j, feature in enumerate(self.features):
+            if bool(feature_bad[:, j].all()):
                 raise ValueError(
                     f"feature '{feature.name}' has a zero or non-finite input gradient for every "
                     "example of the batch: its alignment, and so its penalty, is undefined"
                 )
-            undefined = bad_g | zero_f
-            self.last_alignment[feature.name] = torch.where(
-                undefined, torch.full_like(s, float("nan")), s.detach().clamp(0.0, 1.0)
-            )
-            count = int(undefined.sum())
-            self.last_undefined[feature.name] = count
+        s_detached = s.detach()
+        shown = torch.where(undefined, torch.full_like(s_detached, float("nan")), s_detached.clamp(0.0, 1.0))
+        counts = undefined.sum(0).tolist()
+        self.last_alignment = {f.name: shown[:, j] for j, f in enumerate(self.features)}
+        self.last_undefined = {f.name: int(c) for f, c in zip(self.features, counts)}
+        for j, (feature, count) in enumerate(zip(self.features, counts)):
             if count:
-                self._report_undefined(feature.name, count, n, int((zero_f & ~bad_g).sum()))
-            if lam == 0.0:
-                continue
-            keep = (~undefined).to(s.dtype)
-            total = total + scale * lam * ((1.0 - s) * keep).sum() / keep.sum()
+                from_model = int((zero_f & ~feature_bad[:, j]).sum())
+                self._report_undefined(feature.name, int(count), n, from_model)
+        keep = (~undefined).to(s.dtype)
+        lam = torch.tensor(self._weights, dtype=s.dtype, device=s.device) * self.scale
+        per_feature = ((1.0 - s) * keep).sum(0) / keep.sum(0)
+        total = (lam * per_feature)[lam > 0].sum() if bool((lam > 0).any()) else s.new_zeros(())
         if not torch.isfinite(total.detach()):
             raise ValueError(f"the alignment penalty is {total.item()} (not finite)")
-        self.calls += 1
         return total
 
     def _skip(self, inputs: TensorOrTuple) -> Tensor:
@@ -447,6 +380,15 @@ class AlignmentRegularizer:
         terms = ", ".join(f"{f.name}: {w:g}" for f, w in zip(self.features, self._weights))
         mode = "exact" if self.fraction >= 1.0 else f"subset fraction={self.fraction:g}"
         return f"AlignmentRegularizer({{{terms}}}, {mode})"
+
+
+def _check_feature_inputs(features: List[Feature], xs: Tuple[Tensor, ...]) -> None:
+    for f in features:
+        if f.input_index >= len(xs) or not xs[f.input_index].requires_grad:
+            raise ValueError(
+                f"feature '{f.name}' reads input {f.input_index}, which "
+                + ("does not exist" if f.input_index >= len(xs) else "does not require grad")
+            )
 
 
 def _check_weights(weights: Weights, features: List[Feature]) -> List[float]:
@@ -478,18 +420,3 @@ def _check_fraction(fraction: float) -> None:
     number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
     if not number or not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-
-
-def _subset_target(target: TargetType, idx: Tensor, n: int) -> TargetType:
-    """Per-example targets follow the subset; shared ones stay as they are."""
-    if isinstance(target, Tensor) and target.dim() > 0 and target.numel() == n and n > 1:
-        return target.reshape(-1)[idx.to(target.device)]
-    if isinstance(target, list) and len(target) == n:
-        return [target[i] for i in idx.tolist()]
-    return target
-
-
-def _subset_mask(mask: Optional[Tensor], idx: Tensor, n: int) -> Optional[Tensor]:
-    if isinstance(mask, Tensor) and mask.dim() in (3, 4) and mask.shape[0] == n and n > 1:
-        return mask[idx.to(mask.device)]
-    return mask

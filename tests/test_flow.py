@@ -1,4 +1,4 @@
-"""GradientFlowAlignment (DESIGN 2.5): exact flows of linear and quadratic models, stopping
+"""GradientFlowAlignment (docs/definitions.md, section 2.5): exact flows of linear and quadratic models, stopping
 rules, Captum conformance and input validation."""
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_linear_one_output_flow_equals_pointwise_alignment(directions):
         x, threshold=0.3, integrator="heun", return_details=True
     )
     w = model.weight.detach()[0]
-    # DESIGN 2.1: S = squared cosine of grad F (= w) and grad g (= r).
+    # Section 2.1: S = squared cosine of grad F (= w) and grad g (= r).
     torch.testing.assert_close(res.alignment[:, 0], torch.full((4,), sq_cos(w, r), dtype=D))
     m0 = model(x).detach()[:, 0] - 0.3
     torch.testing.assert_close(res.start_margin, m0)
@@ -426,3 +426,53 @@ def test_bad_input_raises_clear_errors(linear2, directions):
     with pytest.raises(TypeError, match="Feature objects"):
         GradientFlowAlignment(linear2, [r])
     assert torch.equal(x, x_copy)
+
+
+# -- noise baseline on the flow measure (docs/definitions.md, section 2.3) ---------------------
+
+
+@pytest.fixture(scope="module")
+def brightness_model():
+    """A SmallCNN trained on lesions labelled by brightness alone (as in test_alignment)."""
+    from captum_gradflow import synthetic_lesions, train_classifier
+
+    data = synthetic_lesions(480, size=32, seed=3, rule="brightness")
+    train, test = data.split(0.25)
+    torch.manual_seed(3)
+    model = SmallCNN()
+    train_classifier(model, train.images, train.labels, epochs=4, lr=2e-3, seed=3, progress=False)
+    return model.eval(), test
+
+
+def test_flow_compare_to_noise_finds_brightness_and_not_the_decoy(brightness_model):
+    from captum_gradflow import LogAspectRatio, NoiseComparison
+
+    model, test = brightness_model
+    flow = GradientFlowAlignment(model, [Brightness(), LogAspectRatio()])
+    x, y, masks = test.images[:60], test.labels[:60], test.masks[:60]
+    rep = flow.compare_to_noise(x, target=y, mask=masks, n_noise=16, noise_mask=masks,
+                                smooth_sigma=2.0, max_steps=6)
+    assert isinstance(rep, NoiseComparison)
+    assert rep.S.shape == (60, 2) and rep.S_noise.shape == (60, 16)
+    assert rep.wilcoxon_p[0] < 0.01 and rep.mean_ratio[0] > 2.0
+    assert rep.wilcoxon_p[1] > 0.01
+    # The features' columns are the flow's own F: one flow serves features and noise.
+    alone = flow.attribute(x, target=y, mask=masks, max_steps=6)
+    torch.testing.assert_close(rep.S, alone.double(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_per_example_mask_can_travel_in_additional_forward_args():
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(1, 4, 4, generator=g, dtype=D)
+    x = torch.randn(3, 1, 4, 4, generator=g, dtype=D)
+    masks = torch.rand(3, 1, 4, 4, generator=g, dtype=D) + 0.05
+    model = lambda z: (z * w).sum((1, 2, 3))  # noqa: E731  the mask never reaches the model
+    flow = GradientFlowAlignment(model, [Brightness()])
+    keyword = flow.attribute(x, mask=masks, step_size=0.3, max_steps=20)
+    from_args = flow.attribute(x, additional_forward_args=(masks,), mask="from_args",
+                               step_size=0.3, max_steps=20)
+    torch.testing.assert_close(from_args, keyword)
+    with pytest.raises(ValueError, match="last entry of additional_forward_args"):
+        flow.attribute(x, mask="from_args")
+    with pytest.raises(ValueError, match="mask must be a tensor, None or 'from_args'"):
+        flow.attribute(x, mask="auto")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from captum_gradflow import Brightness, FeatureAlignment, SmallCNN
-from captum_gradflow._common import input_gradients, prepare_inputs
+from captum_gradflow._common import prepare_inputs, value_and_input_gradients
 from captum_gradflow._native_conv import conv_backward_nodes, native_one_channel_conv_grads
 
 
@@ -75,8 +75,8 @@ def test_input_gradients_and_alignment_match_a_run_without_onednn():
     torch.manual_seed(0)
     model = SmallCNN().eval()
     x, mask = torch.rand(3, 1, 32, 32), torch.ones(1, 1, 32, 32)
-    ours = input_gradients(model, prepare_inputs((x,)), 1)[0][0]
-    reference = _with_onednn_off(lambda: input_gradients(model, prepare_inputs((x,)), 1)[0][0])
+    ours = value_and_input_gradients(model, prepare_inputs((x,)), 1)[0][0]
+    reference = _with_onednn_off(lambda: value_and_input_gradients(model, prepare_inputs((x,)), 1)[0][0])
     assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-9)
     fa = FeatureAlignment(model, Brightness())
     s = fa.attribute(x, target=1, mask=mask)
@@ -92,3 +92,67 @@ def test_subspace_jacobian_shares_one_switch_over_its_backward_passes():
     reference = _with_onednn_off(lambda: fa.attribute(x, decision="subspace"))
     assert torch.allclose(s, reference, atol=1e-5)
     assert torch.backends.mkldnn.enabled
+
+
+def test_two_threads_take_turns_and_leave_the_flag_on():
+    import threading
+
+    from captum_gradflow import _native_conv
+
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x = torch.rand(4, 1, 32, 32)
+    reference = _with_onednn_off(lambda: value_and_input_gradients(model, prepare_inputs((x,)), 1)[0][0])
+    windows, errors, results = [], [], []
+    original = _native_conv._SWITCH
+
+    class Recording:
+        """The module lock, recording who holds it: two holders at once would be a bug."""
+
+        def __init__(self):
+            self.holders = 0
+
+        def acquire(self):
+            original.acquire()
+            self.holders += 1
+            windows.append(self.holders)
+
+        def release(self):
+            self.holders -= 1
+            original.release()
+
+    _native_conv._SWITCH = Recording()
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(value_and_input_gradients(model, prepare_inputs((x,)), 1)[0][0])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        _native_conv._SWITCH = original
+    assert not errors
+    assert len(results) == 10 and len(windows) == 10 and max(windows) == 1
+    for g in results:
+        torch.testing.assert_close(g, reference, rtol=1e-4, atol=1e-6)
+    assert torch.backends.mkldnn.enabled
+    assert original.acquire(blocking=False)
+    original.release()
+
+
+def test_a_flag_switched_off_by_the_user_stays_off():
+    model = SmallCNN().eval()
+    x = torch.rand(2, 1, 32, 32)
+    torch.backends.mkldnn.enabled = False
+    try:
+        value_and_input_gradients(model, prepare_inputs((x,)), 1)
+        assert not torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = True

@@ -1,0 +1,110 @@
+"""How FeatureAlignment and GradientFlowAlignment get their noise features.
+
+One call, :func:`draw_noise`, used by both ``compare_to_noise`` methods; it forwards the noise
+arguments verbatim to :func:`captum_gradflow.noise.make_noise`, which decides the construction
+(docs/definitions.md, section 2.3). With a ``noise`` module that predates ``make_noise`` the
+construction of the first release is used: noise over ``noise_mask`` (none for ``"auto"``),
+smoothed by ``smooth_sigma`` (none for ``"auto"``), not centred.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+from torch import Tensor
+
+from captum_gradflow import features as _features
+from captum_gradflow import noise as _noise
+from captum_gradflow.features import Feature
+from captum_gradflow.gradients import GradientPath
+from captum_gradflow.noise import NoiseComparison
+
+__all__ = ["cached_noise", "check_noise_arguments", "draw_noise", "noise_comparison", "path_with_noise"]
+
+NoiseMask = Union[str, Tensor, None]
+Sigma = Union[str, float, None]
+
+
+def check_noise_arguments(n_noise: Any, noise_input_index: int, n_inputs: int) -> None:
+    """Errors naming the problem for the arguments every ``compare_to_noise`` shares."""
+    if isinstance(n_noise, bool) or not isinstance(n_noise, int) or n_noise < 1:
+        raise ValueError(f"n_noise must be a positive int, got {n_noise!r}")
+    if not 0 <= noise_input_index < n_inputs:
+        raise IndexError(f"noise_input_index {noise_input_index} is out of range for {n_inputs} inputs")
+
+
+def draw_noise(
+    features: Sequence[Feature],
+    x: Tensor,
+    mask: Optional[Tensor],
+    n_noise: int,
+    seed: int,
+    noise_mask: NoiseMask,
+    smooth_sigma: Sigma,
+    center_noise: Optional[bool],
+    input_index: int,
+) -> Tuple[List[Feature], Optional[Tensor], str]:
+    """``(noise features, their mask, a description of the construction)``."""
+    make_noise = getattr(_noise, "make_noise", None)
+    if make_noise is not None:
+        drawn = make_noise(features, x, mask, n_noise, seed, noise_mask, smooth_sigma,
+                           center_noise, input_index)
+        return list(drawn.features), drawn.mask, drawn.description
+    nmask = None if isinstance(noise_mask, str) else noise_mask
+    sigma = None if isinstance(smooth_sigma, str) else smooth_sigma
+    if sigma is not None and not sigma >= 0:
+        raise ValueError(f"smooth_sigma must be non-negative, got {sigma}")
+    noise = _features.noise_features(n_noise, seed=seed, smooth_sigma=sigma, input_index=input_index)
+    where = "whole input" if nmask is None else "noise_mask"
+    return noise, nmask, f"{where}, smooth_sigma={sigma}"
+
+
+def noise_comparison(s: Tensor, s_noise: Tensor, names: List[str], construction: str) -> NoiseComparison:
+    """A :class:`NoiseComparison`, stating the construction where the class records it."""
+    if any(f.name == "construction" for f in fields(NoiseComparison)):
+        return NoiseComparison(s, s_noise, names, construction=construction)
+    return NoiseComparison(s, s_noise, names)
+
+
+def _key(value: Any) -> Any:
+    return ("tensor", id(value)) if isinstance(value, Tensor) else value
+
+
+def cached_noise(cache: dict, features: Sequence[Feature], x: Tensor, mask: Optional[Tensor],
+                 n_noise: int, seed: int, noise_mask: NoiseMask, smooth_sigma: Sigma,
+                 center_noise: Optional[bool], input_index: int
+                 ) -> Tuple[List[Feature], Optional[Tensor], str]:
+    """:func:`draw_noise`, remembered in ``cache`` across calls of one attribution object.
+
+    Drawing and smoothing 32 directions costs more than aligning with them, and the stacked
+    directions of the same noise objects are reused too. Tensors are keyed by identity; the
+    cache keeps them alive, so an identity is never reused while its entry exists.
+    """
+    # Only make_noise may derive the noise from the features' mask.
+    mask_key = _key(mask) if hasattr(_noise, "make_noise") else None
+    key = (n_noise, int(seed), _key(noise_mask), _key(smooth_sigma), center_noise, input_index,
+           mask_key, tuple(x.shape[1:]), x.dtype, x.device)
+    if key not in cache:
+        if len(cache) >= 8:
+            cache.clear()
+        drawn = draw_noise(features, x, mask, n_noise, seed, noise_mask, smooth_sigma,
+                           center_noise, input_index)
+        cache[key] = (drawn, (mask, noise_mask))
+    return cache[key][0]
+
+
+def path_with_noise(holder: Any, features: Sequence[Feature], xs: Tuple[Tensor, ...],
+                    mask: Optional[Tensor], n_noise: int, seed: int, noise_mask: NoiseMask,
+                    smooth_sigma: Sigma, center_noise: Optional[bool], input_index: int
+                    ) -> Tuple[GradientPath, str]:
+    """One gradient path for the features (columns ``0..m-1``) and the noise after them.
+
+    ``holder`` is the attribution object, whose ``_noise_cache`` and ``_matrix_cache`` keep
+    the noise and its stacked directions across calls. Returns the path and the
+    construction's description.
+    """
+    noise, nmask, construction = cached_noise(
+        holder._noise_cache, features, xs[input_index], mask, n_noise, seed, noise_mask,
+        smooth_sigma, center_noise, input_index)
+    masks = [mask] * len(features) + [nmask] * len(noise)
+    return GradientPath(list(features) + noise, xs, masks, cache=holder._matrix_cache), construction

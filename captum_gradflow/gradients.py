@@ -1,0 +1,377 @@
+"""The one path from features to gradient stacks, and the one squared cosine.
+
+Every method of the package that compares a model's gradient with feature gradients
+(:class:`~captum_gradflow.FeatureAlignment`, :class:`~captum_gradflow.GradientFlowAlignment`,
+:class:`~captum_gradflow.AlignmentRegularizer`) gets the feature gradients from
+:class:`GradientPath` and the squared cosine or projection ratio from :func:`measure`
+(NaN where undefined) or :func:`differentiable_squared_cosines` (finite stand-ins and a mask
+of the undefined entries, for training). The path is driven by what each feature declares
+about itself, never by its class:
+
+* ``linear_direction(x)``: a fixed direction ``r`` with gradient ``r * mask``. Features that
+  share an input and a mask are stacked into one ``(d, M)`` direction matrix, so aligning
+  with them is one matrix product (the noise baseline has 32 of them).
+* ``moment_gradient(moments)``: a closed form from the coordinate moments of the input
+  inside the mask, computed once for every feature sharing that input and mask.
+* otherwise ``Feature.gradient`` (the feature's closed form, or autograd).
+
+Definitions: docs/definitions.md, sections 2.1 (squared cosine), 2.4 (projection ratio).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from captum_gradflow import features as _features
+from captum_gradflow.features import CoordinateMoments, Feature, normalize_mask
+
+__all__ = [
+    "FeatureGradients",
+    "GradientPath",
+    "LinearGroup",
+    "differentiable_squared_cosines",
+    "measure",
+    "projection_ratio",
+    "unit_basis",
+]
+
+
+def projection_ratio(energy: Tensor, norm2: Tensor, defined: Optional[Tensor] = None) -> Tensor:
+    """``energy / norm2`` clamped to [0, 1], NaN where undefined (docs/definitions.md, section 2.1).
+
+    The one NaN rule of the package: a zero or non-finite norm, a non-finite ratio, or
+    ``defined`` False gives NaN, never a silent 0. ``energy`` is a squared projection
+    (``<a, b>^2``, or a sum of them onto an orthonormal basis) and ``norm2`` the product of
+    squared norms it is divided by.
+
+    Examples::
+
+        >>> import torch
+        >>> projection_ratio(torch.tensor([1.0, 1.0]), torch.tensor([4.0, 0.0]))
+        tensor([0.2500,    nan])
+    """
+    s = energy / norm2
+    bad = ~(norm2 > 0) | ~torch.isfinite(norm2) | ~torch.isfinite(s)
+    if defined is not None:
+        bad = bad | ~defined
+    return torch.where(bad, torch.full_like(s, float("nan")), s.clamp(0.0, 1.0))
+
+
+# ---------------------------------------------------------------- feature declarations
+def _linear_direction(feature: Feature, x: Tensor) -> Optional[Tensor]:
+    """The feature's fixed direction ``r`` (gradient ``r * mask``), or None.
+
+    Asks ``Feature.linear_direction``; for a features module without that declaration, only a
+    linear feature overriding none of compute / closed_form_gradient / direction counts.
+    """
+    declared = getattr(feature, "linear_direction", None)
+    if declared is not None:
+        return declared(x)
+    cls = type(feature)
+    base = _features.LinearFeature
+    plain = isinstance(feature, base) and all(
+        getattr(cls, name) is getattr(base, name)
+        for name in ("compute", "closed_form_gradient", "direction")
+    )
+    return feature.base_direction(x) if plain else None
+
+
+def _declares_moments(feature: Feature, x: Tensor) -> bool:
+    """Whether the feature may have a gradient from coordinate moments of ``x``."""
+    if hasattr(Feature, "moment_gradient"):
+        overrides = type(feature).moment_gradient is not Feature.moment_gradient
+        return overrides and 3 <= x.dim() <= 5
+    # Brightness's closed form needs no moments: one row for a shared mask.
+    return type(feature) in (_features.Extent, _features.LogAspectRatio) and x.dim() == 4
+
+
+def _moment_gradient(feature: Feature, moments: CoordinateMoments) -> Optional[Tensor]:
+    """The feature's gradient from shared coordinate moments, or None."""
+    if hasattr(Feature, "moment_gradient"):
+        return feature.moment_gradient(moments)
+    if type(feature) is _features.Extent:
+        return moments.extent_gradient()
+    return moments.log_aspect_ratio_gradient()
+
+
+# ---------------------------------------------------------------- gradient stacks
+@dataclass
+class LinearGroup:
+    """Linear features reading one input under one mask, as one direction matrix."""
+
+    input_index: int
+    columns: List[int]  # which features (columns of the result) the group holds
+    directions: Tensor  # (d_i, M): R transposed, the layout the matmuls read fastest
+    squares: Tensor  # (d_i, M): R * R, for the masked norms
+    mask: Optional[Tensor]  # (n, d_i) per-example mask; a shared mask is folded into R
+
+
+@dataclass
+class FeatureGradients:
+    """Gradients of ``n_features`` features on one batch.
+
+    ``dense[j] = (input index, (1 or n, d_i))``: one row when the gradient is the same for
+    every example. ``linear``: the stacked linear features.
+    """
+
+    n_features: int
+    dense: Dict[int, Tuple[int, Tensor]] = field(default_factory=dict)
+    linear: List[LinearGroup] = field(default_factory=list)
+
+    def rows(self) -> Iterator[Tuple[int, int, Tensor]]:
+        """Every feature's gradient as ``(column, input index, (1 or n, d_i))``."""
+        for j, (i, g) in self.dense.items():
+            yield j, i, g
+        for grp in self.linear:
+            for c, j in enumerate(grp.columns):
+                r = grp.directions[:, c][None]
+                yield j, grp.input_index, (r if grp.mask is None else r * grp.mask)
+
+
+class GradientPath:
+    """Gradients of a fixed list of features on a batch and on subsets of its rows.
+
+    Built once per call: masks are validated once (a mask shared by several features once),
+    linear directions are stacked once, and later calls at other points of the same batch
+    (the flow's path) or on a subset of its rows reuse them. Per-example masks follow the
+    rows asked for.
+
+    Args:
+        features: The features; column ``j`` of every result is ``features[j]``.
+        xs: The batch (one tensor per input); fixes ``n``, shapes and dtypes.
+        masks: Per feature, the mask overriding its own (``None``: the feature's own mask).
+        cache: Optional dict kept by the caller across calls for the stacked directions
+            (keyed by the features' identities, shape, dtype and device).
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_gradflow import Brightness, NoiseFeature
+        >>> x = torch.rand(3, 1, 8, 8)
+        >>> path = GradientPath([Brightness(), NoiseFeature(0), NoiseFeature(1)], (x,))
+        >>> grads = path((x,))
+        >>> grads.n_features, len(grads.linear), grads.linear[0].columns
+        (3, 1, [1, 2])
+    """
+
+    def __init__(
+        self,
+        features: Sequence[Feature],
+        xs: Tuple[Tensor, ...],
+        masks: Optional[Sequence[Optional[Tensor]]] = None,
+        cache: Optional[Dict[Any, Tuple[Tensor, Tensor]]] = None,
+    ) -> None:
+        self.features = list(features)
+        self.n = xs[0].shape[0]
+        masks = [None] * len(self.features) if masks is None else list(masks)
+        self._raw = [m if m is not None else f.mask for f, m in zip(self.features, masks)]
+        self._normalized: Dict[Tuple[int, int], Tuple[Optional[Tensor], Optional[Tensor]]] = {}
+        self._cache = cache
+        self.masks: List[Optional[Tensor]] = []
+        self.linear: Dict[Tuple[int, int], List[Tuple[int, Tensor]]] = {}
+        self.moments: Dict[Tuple[int, int], List[int]] = {}
+        self.other: List[int] = []
+        for j, f in enumerate(self.features):
+            i = f.input_index
+            if not 0 <= i < len(xs):
+                raise IndexError(
+                    f"feature '{f.name}' reads input {i} but only {len(xs)} input tensors were given"
+                )
+            x = xs[i].detach()
+            self.masks.append(self._normalize(j, x))
+            key = (i, id(self._raw[j]))
+            r = _linear_direction(f, x)
+            if r is not None:
+                self.linear.setdefault(key, []).append((j, _checked_direction(f, r, x)))
+            elif _declares_moments(f, x):
+                self.moments.setdefault(key, []).append(j)
+            else:
+                self.other.append(j)
+        self._stacks = {key: self._stack(key, items, xs[key[0]]) for key, items in self.linear.items()}
+
+    def _normalize(self, j: int, x: Tensor) -> Optional[Tensor]:
+        raw = self._raw[j]
+        if raw is None:
+            return None
+        key = (id(raw), x.dim())
+        if key not in self._normalized:  # the stored raw mask keeps its id from being reused
+            self._normalized[key] = (raw, normalize_mask(raw, x, self.features[j].name))
+        return self._normalized[key][1]
+
+    def _stack(self, key: Tuple[int, int], items: List[Tuple[int, Tensor]], x: Tensor):
+        ids = (tuple(id(self.features[j]) for j, _ in items), tuple(x.shape[1:]), x.dtype, x.device)
+        if self._cache is not None and ids in self._cache:
+            rt, r2t = self._cache[ids]
+        else:
+            rt = torch.stack([r.reshape(-1) for _, r in items], dim=1)
+            rt, r2t = rt, rt * rt
+            if self._cache is not None:
+                if len(self._cache) >= 16:
+                    self._cache.clear()
+                self._cache[ids] = (rt, r2t)
+        m = self.masks[items[0][0]]
+        if m is not None and m.shape[0] == 1:
+            rt = rt * m.expand(1, *x.shape[1:]).reshape(-1, 1)  # a shared mask folds into R
+            return rt, rt * rt, None
+        if m is not None:
+            m = m.expand(x.shape[0], *x.shape[1:]).reshape(x.shape[0], -1)
+        return rt, r2t, m
+
+    def _mask_rows(self, m: Optional[Tensor], rows: Optional[Tensor]) -> Optional[Tensor]:
+        if rows is None or m is None or m.shape[0] == 1 or self.n == 1:
+            return m
+        return m.index_select(0, rows.to(m.device))
+
+    def __call__(self, xs: Tuple[Tensor, ...], rows: Optional[Tensor] = None) -> FeatureGradients:
+        """Gradients at ``xs``, the batch's rows ``rows`` (None: all) at possibly moved points."""
+        out = FeatureGradients(len(self.features))
+        for (i, _), items in self.linear.items():
+            rt, r2t, m = self._stacks[(i, _)]
+            out.linear.append(LinearGroup(i, [j for j, _r in items], rt, r2t, self._mask_rows(m, rows)))
+        for (i, _), cols in self.moments.items():
+            x = xs[i].detach()
+            moments = CoordinateMoments(x, self._mask_rows(self.masks[cols[0]], rows))
+            for j in cols:
+                g = _moment_gradient(self.features[j], moments)
+                if g is None:
+                    g = _generic_gradient(self.features[j], x, self._mask_rows(self.masks[j], rows))
+                out.dense[j] = (i, _flat_rows(g, x))
+        for j in self.other:
+            i = self.features[j].input_index
+            x = xs[i].detach()
+            out.dense[j] = (i, _flat_rows(_generic_gradient(self.features[j], x, self._mask_rows(self.masks[j], rows)), x))
+        return out
+
+
+def _checked_direction(f: Feature, r: Any, x: Tensor) -> Tensor:
+    if not isinstance(r, Tensor) or tuple(r.shape) != tuple(x.shape[1:]):
+        shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+        raise ValueError(
+            f"direction of feature '{f.name}' has shape {shape}; inputs have per-example "
+            f"shape {tuple(x.shape[1:])}"
+        )
+    return r.to(dtype=x.dtype, device=x.device)
+
+
+def _generic_gradient(f: Feature, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """``f.gradient`` with clear errors for a gradient that cannot be computed or is misshapen."""
+    try:
+        g = f.gradient(x, mask)
+    except RuntimeError as err:
+        raise ValueError(
+            f"feature '{f.name}': could not compute its gradient for an input of shape "
+            f"{tuple(x.shape)} ({err})"
+        ) from err
+    if not isinstance(g, Tensor) or tuple(g.shape[1:]) != tuple(x.shape[1:]) or g.shape[0] not in (1, x.shape[0]):
+        shape = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+        raise ValueError(
+            f"gradient of feature '{f.name}' has shape {shape}; expected the input's shape {tuple(x.shape)}"
+        )
+    return g
+
+
+def _flat_rows(g: Tensor, x: Tensor) -> Tensor:
+    """``(1 or n, d)``: a gradient expanded over the batch is kept as one row."""
+    if g.shape[0] > 1 and g.stride(0) == 0:
+        g = g[:1]
+    return g.reshape(g.shape[0], -1).to(x.dtype)
+
+
+# ---------------------------------------------------------------- the squared cosine
+def unit_basis(grad: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(basis (n, 1, D), defined (n,))``: the unit gradient, zero where it is undefined."""
+    norm = torch.linalg.vector_norm(grad, dim=1)
+    defined = (norm > 0) & torch.isfinite(norm)
+    safe = torch.where(defined, norm, torch.ones_like(norm))
+    basis = grad / safe[:, None]
+    if not bool(defined.all()):
+        basis = torch.where(defined[:, None], basis, torch.zeros_like(basis))
+    return basis[:, None], defined
+
+
+def measure(basis: Tensor, defined: Tensor, grads: FeatureGradients, blocks: Sequence[slice]) -> Tensor:
+    """``|B g|^2 / |g|^2`` for every example and feature, ``(n, m)``, NaN where undefined.
+
+    ``basis`` ``(n, k, D)`` has orthonormal rows over all inputs concatenated (zero rows pad);
+    with one row, the unit model gradient, this is the squared cosine of section 2.1, with
+    several the projection ratio of section 2.4 (docs/definitions.md). ``blocks[i]`` is input
+    ``i``'s slice of ``D``; a feature's gradient is zero outside its input's block.
+    """
+    n, dtype = basis.shape[0], basis.dtype
+    s = torch.full((n, grads.n_features), float("nan"), dtype=dtype, device=basis.device)
+    for j, (i, g) in grads.dense.items():
+        g = g.to(torch.promote_types(dtype, g.dtype))
+        b = basis[:, :, blocks[i]].to(g.dtype)
+        norm_g = torch.linalg.vector_norm(g, dim=1).square()
+        if g.shape[0] == 1:
+            dots = b @ g[0]  # (n, k)
+            norm_g = norm_g.expand(n)
+        else:
+            dots = (b * g[:, None, :]).sum(-1)  # several times faster than a (d x 1) bmm
+        s[:, j] = projection_ratio((dots * dots).sum(1), norm_g, defined).to(dtype)
+    for grp in grads.linear:
+        b = basis[:, :, blocks[grp.input_index]].to(grp.directions.dtype)
+        if grp.mask is None:
+            dots = b @ grp.directions  # (n, k, M)
+            norm_g = grp.squares.sum(0).expand(n, -1)
+        else:
+            # <b, r * m> = <b * m, r> and |r * m|^2 = m^2 . r^2: two matmuls, no (n, M, d).
+            dots = (b * grp.mask[:, None]) @ grp.directions
+            norm_g = (grp.mask * grp.mask) @ grp.squares
+        s[:, grp.columns] = projection_ratio((dots * dots).sum(1), norm_g, defined[:, None]).to(dtype)
+    return s
+
+
+def differentiable_squared_cosines(
+    grad_f: Dict[int, Tensor], norm_f: Tensor, grads: FeatureGradients
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Squared cosines that autograd can differentiate, for training.
+
+    Args:
+        grad_f: Model input gradient per input index, ``(n, d_i)`` (part of the graph).
+        norm_f: ``|grad f|^2`` over all inputs, ``(n,)``.
+        grads: Feature gradients (constants).
+
+    Returns:
+        ``(S, undefined, feature_bad)``, each ``(n, m)``: ``S`` with finite stand-ins where
+        undefined (a NaN would poison the backward pass even behind ``torch.where``);
+        ``undefined`` where the model's or the feature's gradient is zero or not finite;
+        ``feature_bad`` where the feature's is.
+    """
+    n = norm_f.shape[0]
+    dots = norm_f.new_zeros(n, grads.n_features)
+    norm_g = norm_f.new_zeros(n, grads.n_features)
+    by_input: Dict[int, List[Tuple[int, Tensor]]] = {}
+    for j, (i, g) in grads.dense.items():
+        by_input.setdefault(i, []).append((j, g))
+    zero = norm_f.new_zeros(())
+    for i, items in by_input.items():
+        cols = [j for j, _ in items]
+        g = torch.stack([g.expand(n, -1) for _, g in items], dim=1).to(norm_f.dtype)  # (n, m_i, d_i)
+        ng = (g * g).sum(-1)  # NaN and Inf reach the norm: one check of (n, m_i) values
+        bad = ~torch.isfinite(ng)
+        if bool(bad.any()):
+            g = torch.where(bad[..., None], zero, g)
+            ng = torch.where(bad, zero, ng)
+        dots[:, cols] = torch.bmm(g, grad_f[i].unsqueeze(-1)).squeeze(-1)
+        norm_g[:, cols] = ng
+    for grp in grads.linear:
+        rt, r2t = grp.directions.to(norm_f.dtype), grp.squares.to(norm_f.dtype)
+        finite = torch.isfinite(rt).all(0)
+        if not bool(finite.all()):
+            rt, r2t = torch.where(finite, rt, zero), torch.where(finite, r2t, zero)
+        gf = grad_f[grp.input_index]
+        if grp.mask is None:
+            dots[:, grp.columns] = gf @ rt
+            norm_g[:, grp.columns] = r2t.sum(0).expand(n, -1)
+        else:
+            m = grp.mask.to(norm_f.dtype)
+            dots[:, grp.columns] = (gf * m) @ rt
+            norm_g[:, grp.columns] = (m * m) @ r2t
+    feature_bad = ~(norm_g > 0)
+    undefined = feature_bad | ~(norm_f.detach() > 0)[:, None]
+    denom = torch.where(undefined, torch.ones_like(norm_g), norm_f[:, None] * norm_g)
+    return dots * dots / denom, undefined, feature_bad
