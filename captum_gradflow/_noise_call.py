@@ -8,16 +8,13 @@ smoothed by ``smooth_sigma`` (none for ``"auto"``), not centred.
 """
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 
-from captum_gradflow import features as _features
-from captum_gradflow import noise as _noise
 from captum_gradflow.features import Feature
 from captum_gradflow.gradients import GradientPath
-from captum_gradflow.noise import NoiseComparison
+from captum_gradflow.noise import NoiseComparison, make_noise
 
 __all__ = ["cached_noise", "check_noise_arguments", "draw_noise", "noise_comparison", "path_with_noise"]
 
@@ -45,25 +42,14 @@ def draw_noise(
     input_index: int,
 ) -> Tuple[List[Feature], Optional[Tensor], str]:
     """``(noise features, their mask, a description of the construction)``."""
-    make_noise = getattr(_noise, "make_noise", None)
-    if make_noise is not None:
-        drawn = make_noise(features, x, mask, n_noise, seed, noise_mask, smooth_sigma,
-                           center_noise, input_index)
-        return list(drawn.features), drawn.mask, drawn.description
-    nmask = None if isinstance(noise_mask, str) else noise_mask
-    sigma = None if isinstance(smooth_sigma, str) else smooth_sigma
-    if sigma is not None and not sigma >= 0:
-        raise ValueError(f"smooth_sigma must be non-negative, got {sigma}")
-    noise = _features.noise_features(n_noise, seed=seed, smooth_sigma=sigma, input_index=input_index)
-    where = "whole input" if nmask is None else "noise_mask"
-    return noise, nmask, f"{where}, smooth_sigma={sigma}"
+    drawn = make_noise(features, x, mask, n_noise, seed, noise_mask, smooth_sigma,
+                       center_noise, input_index)
+    return list(drawn.features), drawn.mask, drawn.description
 
 
 def noise_comparison(s: Tensor, s_noise: Tensor, names: List[str], construction: str) -> NoiseComparison:
-    """A :class:`NoiseComparison`, stating the construction where the class records it."""
-    if any(f.name == "construction" for f in fields(NoiseComparison)):
-        return NoiseComparison(s, s_noise, names, construction=construction)
-    return NoiseComparison(s, s_noise, names)
+    """A :class:`NoiseComparison` that states the noise construction."""
+    return NoiseComparison(s, s_noise, names, construction=construction)
 
 
 def _key(value: Any) -> Any:
@@ -80,8 +66,7 @@ def cached_noise(cache: dict, features: Sequence[Feature], x: Tensor, mask: Opti
     directions of the same noise objects are reused too. Tensors are keyed by identity; the
     cache keeps them alive, so an identity is never reused while its entry exists.
     """
-    # Only make_noise may derive the noise from the features' mask.
-    mask_key = _key(mask) if hasattr(_noise, "make_noise") else None
+    mask_key = _key(mask)  # make_noise may derive the noise from the features' mask
     key = (n_noise, int(seed), _key(noise_mask), _key(smooth_sigma), center_noise, input_index,
            mask_key, tuple(x.shape[1:]), x.dtype, x.device)
     if key not in cache:

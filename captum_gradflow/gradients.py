@@ -25,7 +25,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from captum_gradflow import features as _features
 from captum_gradflow.features import CoordinateMoments, Feature, normalize_mask
 
 __all__ = [
@@ -61,40 +60,9 @@ def projection_ratio(energy: Tensor, norm2: Tensor, defined: Optional[Tensor] = 
 
 
 # ---------------------------------------------------------------- feature declarations
-def _linear_direction(feature: Feature, x: Tensor) -> Optional[Tensor]:
-    """The feature's fixed direction ``r`` (gradient ``r * mask``), or None.
-
-    Asks ``Feature.linear_direction``; for a features module without that declaration, only a
-    linear feature overriding none of compute / closed_form_gradient / direction counts.
-    """
-    declared = getattr(feature, "linear_direction", None)
-    if declared is not None:
-        return declared(x)
-    cls = type(feature)
-    base = _features.LinearFeature
-    plain = isinstance(feature, base) and all(
-        getattr(cls, name) is getattr(base, name)
-        for name in ("compute", "closed_form_gradient", "direction")
-    )
-    return feature.base_direction(x) if plain else None
-
-
 def _declares_moments(feature: Feature, x: Tensor) -> bool:
-    """Whether the feature may have a gradient from coordinate moments of ``x``."""
-    if hasattr(Feature, "moment_gradient"):
-        overrides = type(feature).moment_gradient is not Feature.moment_gradient
-        return overrides and 3 <= x.dim() <= 5
-    # Brightness's closed form needs no moments: one row for a shared mask.
-    return type(feature) in (_features.Extent, _features.LogAspectRatio) and x.dim() == 4
-
-
-def _moment_gradient(feature: Feature, moments: CoordinateMoments) -> Optional[Tensor]:
-    """The feature's gradient from shared coordinate moments, or None."""
-    if hasattr(Feature, "moment_gradient"):
-        return feature.moment_gradient(moments)
-    if type(feature) is _features.Extent:
-        return moments.extent_gradient()
-    return moments.log_aspect_ratio_gradient()
+    """Whether the feature declares a gradient from coordinate moments of spatial ``x``."""
+    return type(feature).moment_gradient is not Feature.moment_gradient and 3 <= x.dim() <= 5
 
 
 # ---------------------------------------------------------------- gradient stacks
@@ -183,7 +151,7 @@ class GradientPath:
             x = xs[i].detach()
             self.masks.append(self._normalize(j, x))
             key = (i, id(self._raw[j]))
-            r = _linear_direction(f, x)
+            r = f.linear_direction(x)
             if r is not None:
                 self.linear.setdefault(key, []).append((j, _checked_direction(f, r, x)))
             elif _declares_moments(f, x):
@@ -235,7 +203,7 @@ class GradientPath:
             x = xs[i].detach()
             moments = CoordinateMoments(x, self._mask_rows(self.masks[cols[0]], rows))
             for j in cols:
-                g = _moment_gradient(self.features[j], moments)
+                g = self.features[j].moment_gradient(moments)
                 if g is None:
                     g = _generic_gradient(self.features[j], x, self._mask_rows(self.masks[j], rows))
                 out.dense[j] = (i, _flat_rows(g, x))

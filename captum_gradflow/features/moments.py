@@ -1,6 +1,8 @@
 """Intensity-weighted coordinate moments of signals, images and volumes (docs/definitions.md, 2.7)."""
 from __future__ import annotations
 
+from functools import cached_property
+
 from typing import List, Optional, Tuple
 
 import torch
@@ -56,7 +58,12 @@ class CoordinateMoments:
                 f"got shape {tuple(x.shape)}"
             )
         self.x, self.mask = x, mask
-        self.k = k = x.dim() - 2
+        self.k = x.dim() - 2
+
+    # Computed on first use: Brightness reads only x and the mask from a shared instance.
+    @cached_property
+    def _moments(self) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        x, mask, k = self.x, self.mask, self.k
         xm = x[:, 0] if x.shape[1] == 1 else x.mean(dim=1)
         wt = xm if mask is None else mask[:, 0] * xm  # (N, *spatial) intensity weights
         wide = torch.float64
@@ -74,9 +81,23 @@ class CoordinateMoments:
                 along_b = torch.movedim(wt, b + 1, -1) @ coords[b]
                 pair = _marginal(along_b, a).to(wide) @ c64[a]
                 cov[:, a, b] = cov[:, b, a] = pair / total - mu[a] * mu[b]
-        self.cov = cov  # (N, k, k) float64
-        self.total = total
-        self.d: List[Tensor] = [c64[a][None] - mu[a][:, None] for a in range(k)]  # (N, L_a)
+        d = [c64[a][None] - mu[a][:, None] for a in range(k)]  # (N, L_a)
+        return cov, total, d
+
+    @property
+    def cov(self) -> Tensor:
+        """Weighted coordinate covariance, (N, k, k) float64."""
+        return self._moments[0]
+
+    @property
+    def total(self) -> Tensor:
+        """Sum of the intensity weights, (N,) float64."""
+        return self._moments[1]
+
+    @property
+    def d(self) -> List[Tensor]:
+        """Centred coordinates per axis, each (N, L_a) float64."""
+        return self._moments[2]
 
     # -- values ---------------------------------------------------------------------------
     def extent(self) -> Tensor:
