@@ -147,7 +147,7 @@ def test_compare_to_noise_reuses_one_model_gradient_and_matches_direct_alignment
     masks = torch.rand(4, 1, 6, 6, dtype=torch.float64, generator=gen) * (torch.rand(4, 1, 6, 6, generator=gen) > 0.3)
     fa = FeatureAlignment(forward, [Brightness(), Extent()])
     rep = fa.compare_to_noise(x64, target=[0, 1, 2, 0], mask=masks, n_noise=5, seed=7,
-                              noise_mask=masks, smooth_sigma=1.0)
+                              noise_mask=masks, smooth_sigma=1.0, center_noise=False)
     assert len(calls) == 1
     assert isinstance(rep, NoiseComparison)
     assert rep.S.shape == (4, 2) and rep.S_noise.shape == (4, 5)
@@ -160,7 +160,7 @@ def test_compare_to_noise_reuses_one_model_gradient_and_matches_direct_alignment
             assert abs(float(rep.S_noise[n, j]) - cos2(w[t], r)) < 1e-9
     # Cached noise is reused and identical on a second call.
     again = fa.compare_to_noise(x64, target=[0, 1, 2, 0], mask=masks, n_noise=5, seed=7,
-                                noise_mask=masks, smooth_sigma=1.0)
+                                noise_mask=masks, smooth_sigma=1.0, center_noise=False)
     assert torch.equal(again.S_noise, rep.S_noise)
 
 
@@ -169,7 +169,8 @@ def test_compare_to_noise_subspace_and_shared_mask(x64):
     mask = torch.ones(1, 1, 6, 6, dtype=torch.float64)
     mask[..., :2, :] = 0.0
     fa = FeatureAlignment(model, [Brightness(mask=mask)])
-    rep = fa.compare_to_noise(x64, decision="subspace", n_noise=3, noise_mask=mask)
+    rep = fa.compare_to_noise(x64, decision="subspace", n_noise=3, noise_mask=mask,
+                              smooth_sigma=None, center_noise=False)
     w = model.W.detach().numpy()
     for j, nf in enumerate(noise_features(3)):
         r = nf.gradient(x64, mask)[0].numpy().ravel()
@@ -190,9 +191,8 @@ def brightness_model():
 def test_ground_truth_brightness_beats_noise_and_other_features_do_not(brightness_model):
     model, test = brightness_model
     fa = FeatureAlignment(model, [Brightness(), Extent(), LogAspectRatio()])
-    # Noise over the same lesion masks, smoothed at 2 px: the features' spatial scale.
-    rep = fa.compare_to_noise(test.images, target=test.labels, mask=test.masks, n_noise=32,
-                              noise_mask=test.masks, smooth_sigma=2.0)
+    # The default noise: over the features' lesion masks, smoothed on their scale, centred.
+    rep = fa.compare_to_noise(test.images, target=test.labels, mask=test.masks, n_noise=32)
     bright, extent, aspect = 0, 1, 2
     assert rep.wilcoxon_p[bright] < 1e-6
     assert rep.mean_ratio[bright] > 2.0
@@ -315,7 +315,7 @@ def test_bad_input_gives_clear_errors_and_changes_nothing():
         fa.attribute(x, target=0, mask=torch.ones(1, 1, 8, 8))
     with pytest.raises(ValueError, match="empty"):
         fa.attribute(x, target=0, mask=torch.zeros(1, 1, 16, 16))
-    with pytest.raises(ValueError, match="mask for feature 'noise_0'"):
+    with pytest.raises(ValueError, match="mask for feature 'noise"):
         fa.compare_to_noise(x, target=0, noise_mask=torch.ones(3, 1, 16, 16))
     with pytest.raises(IndexError, match="out of range"):
         fa.attribute(x, target=5)

@@ -450,8 +450,7 @@ def test_flow_compare_to_noise_finds_brightness_and_not_the_decoy(brightness_mod
     model, test = brightness_model
     flow = GradientFlowAlignment(model, [Brightness(), LogAspectRatio()])
     x, y, masks = test.images[:60], test.labels[:60], test.masks[:60]
-    rep = flow.compare_to_noise(x, target=y, mask=masks, n_noise=16, noise_mask=masks,
-                                smooth_sigma=2.0, max_steps=6)
+    rep = flow.compare_to_noise(x, target=y, mask=masks, n_noise=16, max_steps=6)
     assert isinstance(rep, NoiseComparison)
     assert rep.S.shape == (60, 2) and rep.S_noise.shape == (60, 16)
     assert rep.wilcoxon_p[0] < 0.01 and rep.mean_ratio[0] > 2.0

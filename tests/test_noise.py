@@ -223,7 +223,7 @@ def test_uncentred_make_noise_matches_compare_to_noise(brightness_lesions):
     feats = [Brightness(mask=test.masks[:24])]
     ns = make_noise(feats, x, None, 6, center_noise=False)
     rep = FeatureAlignment(model, feats).compare_to_noise(x, y, n_noise=6, noise_mask=ns.mask,
-                                                          smooth_sigma=ns.smooth_sigma[0])
+                                                          smooth_sigma=ns.smooth_sigma[0], center_noise=False)
     mine = _verdict(model, test[:24], feats, ns)
     torch.testing.assert_close(rep.S_noise, mine.S_noise, rtol=1e-4, atol=1e-7)
 
