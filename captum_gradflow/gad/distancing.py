@@ -8,12 +8,15 @@ kept while the gap between the groups grows by ``alpha_t``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["DistancingPlan", "make_plan", "default_alphas"]
+__all__ = ["AlphaType", "DistancingPlan", "make_plan", "default_alphas"]
+
+# One shift for both groups, or a pair (alpha_1 for images of G1, alpha_2 for images of G2).
+AlphaType = Union[float, Tuple[float, float], Tensor]
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,23 @@ class DistancingPlan:
         """``(N, K)`` bool: the logits pushed down on each image."""
         return self.other().to(labels.device)[labels]
 
-    def targets(self, logits: Tensor, labels: Tensor, alpha: float) -> Tensor:
-        """Regression targets ``a'(x)`` of a support model: ``a_c(x) - alpha`` on the other group."""
-        return logits - alpha * self.other_mask(labels).to(logits.dtype)
+    def in_first_group(self, labels: Tensor) -> Tensor:
+        """Bool per image: is its class in ``G1`` (its other group is then ``G2``)."""
+        return torch.isin(labels, torch.tensor(self.groups[0], device=labels.device))
+
+    def targets(self, logits: Tensor, labels: Tensor, alpha: AlphaType) -> Tensor:
+        """Regression targets ``a'(x)`` of a support model: ``a_c(x) - alpha`` on the other group.
+
+        ``alpha`` is one shift for every image, or a pair ``(alpha_1, alpha_2)``: images of
+        ``G1`` lower their ``G2`` logits by ``alpha_1``, images of ``G2`` their ``G1`` logits by
+        ``alpha_2`` (the paper's ``alpha_k``, ``alpha_l`` for ``pair=(k, l)``).
+        """
+        a = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device).reshape(-1)
+        if a.numel() == 2:
+            a = torch.where(self.in_first_group(labels), a[0], a[1])[:, None]
+        elif a.numel() != 1:
+            raise ValueError(f"alpha must be one number or a pair (alpha_1, alpha_2), got {alpha!r}")
+        return logits - a * self.other_mask(labels).to(logits.dtype)
 
     def margins(self, logits: Tensor, labels: Tensor) -> Tensor:
         """``a_y(x) - max_{c in other(y)} a_c(x)``, the gap the support models widen."""
@@ -225,15 +242,22 @@ def two_means_split(
     return g1, g2
 
 
-def default_alphas(margins: Tensor, n_support: int, delta: float = 0.5) -> Tensor:
+def default_alphas(
+    margins: Tensor, n_support: int, delta: Union[float, Tuple[float, float]] = 0.5
+) -> Tensor:
     """Schedule ``alpha_t = t * delta * std(margin)``, ``t = 1 .. n_support`` (DESIGN 3.1).
+
+    ``delta`` may be a pair ``(delta_1, delta_2)``, one per group: the schedule is then
+    ``(n_support, 2)``, column ``g`` the shift of the images of group ``g`` (the paper's
+    ``alpha_k``, ``alpha_l``); with one ``delta`` it is ``(n_support,)``.
 
     Raises ``ValueError`` when the margins have no spread (the scale is then undefined).
     """
     if n_support < 1:
         raise ValueError(f"n_support must be at least 1, got {n_support}")
-    if not delta > 0:
-        raise ValueError(f"delta must be positive, got {delta}")
+    d = torch.as_tensor(delta, dtype=torch.float64).reshape(-1)
+    if d.numel() not in (1, 2) or not (d > 0).all():
+        raise ValueError(f"delta must be positive (one number or one per group), got {delta}")
     if margins.numel() < 2:
         raise ValueError("the schedule needs the margins of at least 2 images")
     std = float(margins.double().std())
@@ -242,4 +266,5 @@ def default_alphas(margins: Tensor, n_support: int, delta: float = 0.5) -> Tenso
             f"the logit margins have standard deviation {std}, so the default schedule is "
             "undefined; pass alphas= explicitly"
         )
-    return torch.arange(1, n_support + 1, dtype=torch.float64) * delta * std
+    steps = torch.arange(1, n_support + 1, dtype=torch.float64) * std
+    return steps * d[0] if d.numel() == 1 else steps[:, None] * d[None, :]
