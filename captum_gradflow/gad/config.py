@@ -1,9 +1,10 @@
 """The settings of a GAD fit, validated in one place (docs/definitions.md, section 3).
 
 :class:`GADConfig` holds what decides the support models (schedule, training budget,
-optimiser, seed, warm start) and how maps are prepared for fusion. :class:`~captum_gradflow.
+optimiser, seed, warm start). :class:`~captum_gradflow.
 GADWrapper` takes one (or its fields as keyword arguments), the sweep builds one per grid
-point, and a save file stores it as a plain dictionary.
+point, and a save file stores it as a plain dictionary. How maps are fused (``q``,
+``agreement``, ``reduce``, ``interpolate_to_input``) is chosen per ``attribute`` call.
 """
 from __future__ import annotations
 
@@ -83,8 +84,6 @@ class GADConfig:
         seed: Seed of the shuffling and of the default 2-means split.
         warm_start: Start support model ``t`` from model ``t - 1`` (default True: each model
             continues the previous push, so model ``T`` gets ``T`` budgets of distancing).
-        interpolate_to_input: Upsample every map to the input's spatial size (Captum's
-            ``LayerAttribution.interpolate``) before fusion; for layer methods.
 
     Examples::
 
@@ -104,7 +103,6 @@ class GADConfig:
     batch_size: int = 32
     seed: int = 0
     warm_start: bool = DEFAULT_WARM_START
-    interpolate_to_input: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -125,9 +123,8 @@ class GADConfig:
         set_("lr", _positive("lr", self.lr))
         _positive_int("batch_size", self.batch_size)
         _positive_int("seed", self.seed, low=0)
-        for flag in ("warm_start", "interpolate_to_input"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f"warm_start must be True or False, got {self.warm_start!r}")
 
     @property
     def n_models(self) -> int:

@@ -103,8 +103,7 @@ class GADWrapper(Attribution):
         **settings: Fields of :class:`~captum_gradflow.gad.GADConfig`: ``n_support``,
             ``delta`` (one or one per group), ``alphas`` (numbers or per-group pairs),
             ``steps`` (Adam steps per support model) or ``epochs`` (a convenience, converted
-            to steps), ``lr``, ``batch_size``, ``seed``, ``warm_start``,
-            ``interpolate_to_input`` (upsample layer maps to the input before fusion).
+            to steps), ``lr``, ``batch_size``, ``seed``, ``warm_start``.
 
     Examples::
 
@@ -291,13 +290,15 @@ class GADWrapper(Attribution):
     @overload
     def attribute(
         self, inputs: TensorOrTuple, target: TargetType = ..., q: float = ..., agreement: float = ...,
-        reduce: Reduce = ..., return_components: Literal[False] = ..., **kwargs: Any,
+        reduce: Reduce = ..., return_components: Literal[False] = ...,
+        interpolate_to_input: bool = ..., **kwargs: Any,
     ) -> TensorOrTuple: ...
 
     @overload
     def attribute(
         self, inputs: TensorOrTuple, target: TargetType = ..., q: float = ..., agreement: float = ...,
-        reduce: Reduce = ..., *, return_components: Literal[True], **kwargs: Any,
+        reduce: Reduce = ..., *, return_components: Literal[True],
+        interpolate_to_input: bool = ..., **kwargs: Any,
     ) -> Tuple[TensorOrTuple, GADComponents]: ...
 
     @log_usage()
@@ -309,6 +310,7 @@ class GADWrapper(Attribution):
         agreement: float = 1.0,
         reduce: Reduce = "sum_abs",
         return_components: bool = False,
+        interpolate_to_input: bool = False,
         **kwargs: Any,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, GADComponents]]:
         r"""GAD attribution ``A_0 * C``.
@@ -325,6 +327,10 @@ class GADWrapper(Attribution):
                 ``"abs_sum"``, ``"sum"``, ``"max_abs"`` or a callable.
             return_components: Also return a :class:`GADComponents` with every model's map,
                 the masks ``B_t`` and ``C``.
+            interpolate_to_input: Upsample every map to its input's spatial size with
+                Captum's ``LayerAttribution.interpolate`` (linear, bilinear or trilinear)
+                before fusion: for layer methods, whose maps (``LayerGradCam``: 8x8 on a
+                32x32 input) are too coarse to select a top ``q`` from.
             **kwargs: Passed unchanged to every call of the wrapped method
                 (``baselines``, ``n_steps``, ``additional_forward_args``, ``nt_samples``, ...).
 
@@ -348,7 +354,7 @@ class GADWrapper(Attribution):
         check_finite(xs)
         self._check_target(target, xs[0].shape[0])
         with preserved(self.model, xs, "GADWrapper.attribute"):
-            maps = self._all_maps(inputs, xs, target, kwargs)
+            maps = self._all_maps(inputs, xs, target, kwargs, interpolate_to_input)
         parts, was_tuple = zip(*(format_inputs(m) for m in maps))
         if len(set(was_tuple)) != 1 or len({len(p) for p in parts}) != 1:
             raise ValueError("the wrapped method returned maps of different forms for different models")
@@ -372,14 +378,16 @@ class GADWrapper(Attribution):
         )
         return out, components
 
-    def _all_maps(self, inputs: TensorOrTuple, xs: Tuple[Tensor, ...], target: TargetType, kwargs: dict) -> list:
+    def _all_maps(
+        self, inputs: TensorOrTuple, xs: Tuple[Tensor, ...], target: TargetType, kwargs: dict, upsample: bool
+    ) -> list:
         """``[A_0, ..., A_T]``: the method on the original and on every support model."""
         shared = _SharedRandomness(xs[0].device)
         maps = [self.attribution_method.attribute(inputs, target=target, **kwargs)]
         for method in self._methods:
             shared.replay()
             maps.append(method.attribute(inputs, target=target, **kwargs))
-        if self.config.interpolate_to_input:
+        if upsample:
             maps = [_upsample(m, xs) for m in maps]
         return maps
 
