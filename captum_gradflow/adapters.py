@@ -15,6 +15,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_gradflow._common import TargetType, TensorOrTuple, check_finite, format_inputs, format_output, select_target
+from captum_gradflow._guard import check_batch, preserved
 
 
 def _one_hot_output(target: TargetType) -> Callable[[Tensor], Tensor]:
@@ -126,14 +127,19 @@ def quantus_explain(
       as a string is looked up in ``model``, so layer methods follow the model Quantus
       passes);
     * an ``Attribution`` instance, e.g. a fitted ``GADWrapper``: used as it is. When Quantus
-      passes another model than the one it explains (randomisation metrics such as MPRT
-      explain randomised copies), a copy re-bound to that model is used (``rebind=True``,
-      modules mapped by name; a GAD's support models are reused, not refitted) or a
-      ``ValueError`` is raised (``rebind=False``);
+      passes another model than the one it explains (randomisation metrics such as MPRT and
+      RandomLogit explain randomised copies), a copy re-bound to that model is used
+      (``rebind=True``, modules mapped by name) or a ``ValueError`` is raised
+      (``rebind=False``). A fitted ``GADWrapper`` is refitted for that model with the data
+      it was fitted on (:meth:`~captum_gradflow.GADWrapper.for_model`): support models
+      distanced from the original model would carry its structure into the randomised
+      model's map. One refit per call: a randomisation metric costs a GAD fit per model;
     * any other callable: ``method(model, inputs, target, **attribute_kwargs)`` with tensors.
 
     The user's model is not moved or switched to eval mode: inputs go to the device of its
-    parameters (``device`` when it has none).
+    parameters (``device`` when it has none). A model in train mode (BatchNorm, Dropout)
+    gets one warning and its buffers, flags and hooks are restored after the call. Inputs
+    with NaN or Inf are a ``ValueError`` (their maps would be NaN), and so is an empty batch.
 
     Args:
         model: The model Quantus evaluates.
@@ -180,12 +186,15 @@ def quantus_explain(
     # a fresh leaf that requires grad: gradient methods need it, and the caller's array is not
     # touched (Captum would otherwise warn and set the flag itself)
     x = x.detach().to(device=dev, dtype=dtype).clone().requires_grad_(True)
+    check_batch((x,), model, "quantus_explain")
+    check_finite((x,))
     target = _quantus_targets(targets, x.shape[0], dev)
     explain = _quantus_method(model, method, method_kwargs, rebind)
-    if isinstance(explain, Attribution):
-        attr = explain.attribute(x, target=target, **attribute_kwargs)
-    else:
-        attr = explain(model, x, target, **attribute_kwargs)
+    with preserved(model, (x,), "quantus_explain"):
+        if isinstance(explain, Attribution):
+            attr = explain.attribute(x, target=target, **attribute_kwargs)
+        else:
+            attr = explain(model, x, target, **attribute_kwargs)
     if isinstance(attr, (tuple, list)):
         attr = attr[0]
     attr = torch.as_tensor(attr.detach() if isinstance(attr, Tensor) else np.asarray(attr))
@@ -253,7 +262,10 @@ def _quantus_method(
                 "rebind=True to re-bind a copy of the instance to the given model"
             )
         from captum_gradflow.gad.support import rebind as rebind_to
+        from captum_gradflow.gad.wrapper import GADWrapper
 
+        if isinstance(method, GADWrapper):  # its support models belong to the fitted model
+            return method.for_model(model)
         return rebind_to(method, own, model)
     if callable(method):
         return method
