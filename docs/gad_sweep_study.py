@@ -35,13 +35,16 @@ from captum_gradflow.training import balanced_accuracy
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSV = os.path.join(HERE, "gad_sweep.csv")
 PNG = os.path.join(HERE, "gad_sweep.png")
-GRID = {
-    "delta": [1.0, 2.0, 4.0, 8.0],
-    "lr": [1e-3, 3e-3],
-    "steps": [100, 400],
-    "warm_start": [False, True],
+# Stage 1: schedule, budget and warm start at T = 3. Stage 2 (added after stage 1 showed that
+# a stronger push removes more but keeps what matters less): more support models with a
+# gentler push each, so more maps vote while each stays close to the original.
+GRIDS = {
+    "main": {"n_support": [3], "delta": [1.0, 2.0, 4.0, 8.0], "lr": [1e-3, 3e-3], "steps": [100, 400],
+             "warm_start": [False, True]},
+    "more_models": {"n_support": [5, 8], "delta": [0.25, 0.5, 1.0], "lr": [3e-3], "steps": [100],
+                    "warm_start": [False, True]},
 }
-SETTING = list(GRID)
+SETTING = ["n_support", "delta", "lr", "steps", "warm_start"]
 METHODS = {"IG": IntegratedGradients, "Saliency": Saliency, "InputXGradient": InputXGradient}
 ATTRIBUTE_KWARGS = {"IG": {"n_steps": 16, "internal_batch_size": 64}}
 KEPT_MAX, WIN_MIN, P_MAX = 0.75, 0.65, 0.01
@@ -65,20 +68,22 @@ def base_model(x: torch.Tensor, y: torch.Tensor) -> SmallCNN:
     return model.eval()
 
 
-def run_sweep() -> pd.DataFrame:
-    tables = []
+def run_sweep(stages: List[str], previous: pd.DataFrame = None) -> pd.DataFrame:
+    tables = [] if previous is None else [previous]
     for name, (x, y, x_test, y_test) in datasets().items():
-        start = time.perf_counter()
         model = base_model(x, y)
         acc = balanced_accuracy(model, x_test, y_test)
-        table = gad_sweep(model, METHODS, (x, y), GRID, eval_data=(x_test, y_test), pair=(0, 1),
-                          attribute_kwargs=ATTRIBUTE_KWARGS, progress=False)
-        table.insert(0, "dataset", name)
-        table["base_accuracy"] = acc
-        tables.append(table)
-        print(f"{name}: base balanced accuracy {acc:.3f}, {len(table)} rows, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
-        pd.concat(tables).to_csv(CSV, index=False)  # partial results survive an interruption
+        for stage in stages:
+            start = time.perf_counter()
+            table = gad_sweep(model, METHODS, (x, y), GRIDS[stage], eval_data=(x_test, y_test), pair=(0, 1),
+                              attribute_kwargs=ATTRIBUTE_KWARGS, progress=False)
+            table.insert(0, "dataset", name)
+            table.insert(1, "stage", stage)
+            table["base_accuracy"] = acc
+            tables.append(table)
+            print(f"{name} [{stage}]: base balanced accuracy {acc:.3f}, {len(table)} rows, "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            pd.concat(tables).to_csv(CSV, index=False)  # partial results survive an interruption
     return pd.concat(tables, ignore_index=True)
 
 
@@ -106,10 +111,16 @@ def markdown(df: pd.DataFrame, floats: str = "{:.3g}") -> str:
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from-csv", action="store_true", help="re-read docs/gad_sweep.csv")
+    parser.add_argument("--stages", nargs="+", default=list(GRIDS), choices=list(GRIDS),
+                        help="grids to run (default: all)")
+    parser.add_argument("--append", action="store_true", help="add the stages' rows to the CSV")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
-    table = pd.read_csv(CSV) if args.from_csv else run_sweep()
+    if args.from_csv:
+        table = pd.read_csv(CSV)
+    else:
+        table = run_sweep(args.stages, pd.read_csv(CSV) if args.append else None)
     summary = judge(table)
     print(markdown(summary.head(12)))
     best = summary.iloc[0]

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["AlphaType", "DistancingPlan", "make_plan", "default_alphas"]
+__all__ = ["AlphaType", "DistancingPlan", "class_means", "make_plan", "default_alphas"]
 
 # One shift for both groups, or a pair (alpha_1 for images of G1, alpha_2 for images of G2).
 AlphaType = Union[float, Tuple[float, float], Tensor]
@@ -216,6 +216,14 @@ def make_plan(
         raise ValueError("the default split needs class_means (the mean logits of each class)")
     g1, g2 = two_means_split(class_means[present], present, seed)
     return DistancingPlan("split", (g1, g2), tuple(present), num_classes)
+
+
+def class_means(logits: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Mean logit vector of each class, ``(K, K)`` (rows of absent classes are 0): what the
+    default 2-means split clusters."""
+    sums = torch.zeros(k, logits.shape[1], dtype=logits.dtype, device=logits.device).index_add_(0, labels, logits)
+    counts = torch.bincount(labels, minlength=k).clamp(min=1).to(logits.dtype)
+    return sums / counts[:, None]
 
 
 def two_means_split(

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import torch
-from captum.attr import Attribution, LayerAttribution
+from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_gradflow._common import TargetType, TensorOrTuple, check_finite, format_inputs, format_output
-from captum_gradflow._guard import check_batch, check_target_dtype, preserved
+from captum_gradflow._guard import check_batch, preserved
 from captum_gradflow.gad import persistence
 from captum_gradflow.gad.config import GADConfig
-from captum_gradflow.gad.distancing import DistancingPlan, make_plan
+from captum_gradflow.gad.distancing import DistancingPlan, class_means, make_plan
+from captum_gradflow.gad.explain import GADComponents, all_maps, target_classes, upsample
 from captum_gradflow.gad.fusion import Reduce, check_fusion_args, fuse_maps
 from captum_gradflow.gad.support import (
     as_tensors,
@@ -34,40 +35,6 @@ from captum_gradflow.gad.support import (
 )
 
 __all__ = ["GADWrapper", "GADComponents"]
-
-
-@dataclass
-class GADComponents:
-    """Everything behind a GAD map, in the form of the base method's output.
-
-    Attributes:
-        maps: ``[A_0, A_1, ..., A_T]``, index 0 from the original model (upsampled to the
-            input size with ``interpolate_to_input``).
-        masks: The binarised top-q masks ``[B_0, ..., B_T]`` (channels reduced).
-        consistency: ``C``, True where enough maps agree.
-        n_degenerate: Number of maps (over models and examples) that were constant or not
-            finite, hence have an empty mask.
-    """
-
-    maps: List[TensorOrTuple]
-    masks: List[TensorOrTuple]
-    consistency: TensorOrTuple
-    n_degenerate: int
-
-
-class _SharedRandomness:
-    """Replays one random state for every model, so stochastic methods (``NoiseTunnel``) draw
-    the same noise for the original and each support model: "same method, same arguments"."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        self.device = device
-
-    def replay(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
 
 
 class GADWrapper(Attribution):
@@ -223,7 +190,7 @@ class GADWrapper(Attribution):
         if ((y < 0) | (y >= k)).any():
             bad = sorted(set(y[(y < 0) | (y >= k)].tolist()))
             raise IndexError(f"labels {bad} are out of range for a model with {k} outputs")
-        plan = make_plan(y, k, class_means=_class_means(logits, y, k), seed=self.config.seed, **strategy)
+        plan = make_plan(y, k, class_means=class_means(logits, y, k), seed=self.config.seed, **strategy)
         keep = plan.uses(y)
         keep_data = keep.to(xs[0].device)
         return plan, tuple(x[keep_data] for x in xs), y[keep], logits[keep]
@@ -276,7 +243,7 @@ class GADWrapper(Attribution):
         if target is None:
             raise ValueError(f"GAD needs target= (a class among the fitted classes {list(plan.classes)})")
         k = plan.num_classes
-        idx = _target_classes(target, n)
+        idx = target_classes(target, n)
         if ((idx < -k) | (idx >= k)).any():
             raise IndexError(f"target {target!r} is out of range for a model with {k} outputs")
         outside = sorted(set((idx % k).tolist()) - set(plan.classes))
@@ -354,7 +321,9 @@ class GADWrapper(Attribution):
         check_finite(xs)
         self._check_target(target, xs[0].shape[0])
         with preserved(self.model, xs, "GADWrapper.attribute"):
-            maps = self._all_maps(inputs, xs, target, kwargs, interpolate_to_input)
+            maps = all_maps([self.attribution_method, *self._methods], inputs, target, kwargs)
+            if interpolate_to_input:
+                maps = [upsample(m, xs) for m in maps]
         parts, was_tuple = zip(*(format_inputs(m) for m in maps))
         if len(set(was_tuple)) != 1 or len({len(p) for p in parts}) != 1:
             raise ValueError("the wrapped method returned maps of different forms for different models")
@@ -378,19 +347,6 @@ class GADWrapper(Attribution):
         )
         return out, components
 
-    def _all_maps(
-        self, inputs: TensorOrTuple, xs: Tuple[Tensor, ...], target: TargetType, kwargs: dict, upsample: bool
-    ) -> list:
-        """``[A_0, ..., A_T]``: the method on the original and on every support model."""
-        shared = _SharedRandomness(xs[0].device)
-        maps = [self.attribution_method.attribute(inputs, target=target, **kwargs)]
-        for method in self._methods:
-            shared.replay()
-            maps.append(method.attribute(inputs, target=target, **kwargs))
-        if upsample:
-            maps = [_upsample(m, xs) for m in maps]
-        return maps
-
     # -- inspection ----------------------------------------------------------------------
     def margins(self, inputs: TensorOrTuple, labels: Tensor, batch_size: int = 256) -> Tensor:
         """Distancing margin ``a_y - max_{c in other(y)} a_c`` of every model, ``(T + 1, N)``.
@@ -402,7 +358,7 @@ class GADWrapper(Attribution):
         xs, _ = format_inputs(inputs)
         self._check_target(labels, xs[0].shape[0])
         models = [frozen_copy(self.model)] + self.support_models
-        labels = _target_classes(labels, xs[0].shape[0])
+        labels = target_classes(labels, xs[0].shape[0])
         rows = []
         for m in models:
             logits = predict_logits(m, xs, batch_size)
@@ -440,46 +396,3 @@ class GADWrapper(Attribution):
             models.append(m)
         gad._set_fitted(saved["plan"], saved["alphas"], models, saved["history"])
         return gad
-
-
-def _target_classes(target: TargetType, n: int) -> Tensor:
-    """One class index per example from every target form Captum accepts on ``(N, K)`` logits."""
-    check_target_dtype(target)
-    if isinstance(target, tuple):  # Captum's form for one index of a multi-dim output: (3,)
-        if len(target) != 1:
-            raise ValueError(f"tuple target {target!r} indexes a {len(target) + 1}-D output; GAD explains (N, K) logits")
-        target = target[0]
-    if isinstance(target, list):
-        target = [t[0] if isinstance(t, tuple) and len(t) == 1 else t for t in target]
-    try:
-        idx = torch.as_tensor(target).reshape(-1).long()
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"target {target!r} does not name one class per example") from None
-    if idx.numel() == 1:
-        return idx.expand(n)
-    if idx.numel() != n:
-        raise ValueError(f"target has {idx.numel()} entries for {n} examples")
-    return idx
-
-
-def _upsample(attr: TensorOrTuple, xs: Tuple[Tensor, ...]) -> TensorOrTuple:
-    """Each map resized to its input's spatial size with Captum's ``LayerAttribution.interpolate``."""
-    parts, was_tuple = format_inputs(attr)
-    out = []
-    for i, a in enumerate(parts):
-        size = tuple(xs[min(i, len(xs) - 1)].shape[2:])
-        if a.dim() < 3 or a.dim() - 2 != len(size):
-            raise ValueError(
-                f"interpolate_to_input: a map of shape {tuple(a.shape)} cannot be resized to the "
-                f"input's spatial size {size}"
-            )
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(size), "nearest")
-        out.append(a if tuple(a.shape[2:]) == size else LayerAttribution.interpolate(a, size, mode))
-    return format_output(was_tuple, tuple(out))
-
-
-def _class_means(logits: Tensor, y: Tensor, k: int) -> Tensor:
-    """Mean logit vector of each class, ``(K, K)`` (rows of absent classes are 0)."""
-    sums = torch.zeros(k, logits.shape[1], dtype=logits.dtype, device=logits.device).index_add_(0, y, logits)
-    counts = torch.bincount(y, minlength=k).clamp(min=1).to(logits.dtype)
-    return sums / counts[:, None]
