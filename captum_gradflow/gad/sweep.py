@@ -127,7 +127,7 @@ def gad_sweep(
 
         >>> from captum.attr import Saliency
         >>> from captum_gradflow import SmallCNN, digits_pair
-        >>> from captum_gradflow.gad import gad_sweep
+        >>> from captum_gradflow.gad import GADConfig, gad_sweep
         >>> d = digits_pair((3, 8), size=16)
         >>> table = gad_sweep(SmallCNN().eval(), Saliency, (d.x_train, d.y_train),
         ...                   {"delta": [1.0, 2.0]}, eval_data=(d.x_test[:8], d.y_test[:8]),
