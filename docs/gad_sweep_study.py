@@ -99,6 +99,25 @@ def judge(table: pd.DataFrame) -> pd.DataFrame:
                                ascending=[False, False, True, True], ignore_index=True)
 
 
+def frontier(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (data set, method): the best RS win rate among settings keeping <= KEPT_MAX, and the
+    smallest kept fraction among settings with a significant RS win rate >= WIN_MIN."""
+    rows = []
+    for (dataset, method), t in table.groupby(["dataset", "method"], sort=False):
+        small = t[t.kept_fraction <= KEPT_MAX]
+        good = t[(t.rs_win_rate >= WIN_MIN) & (t.rs_p < P_MAX)]
+        best = small.loc[small.rs_win_rate.idxmax()] if len(small) else None
+        rows.append({
+            "dataset": dataset, "method": method,
+            "best_win_at_kept<=0.75": float("nan") if best is None else best.rs_win_rate,
+            "its_p": float("nan") if best is None else best.rs_p,
+            "least_kept_at_win>=0.65": good.kept_fraction.min() if len(good) else float("nan"),
+            "settings_holding": int(((t.kept_fraction <= KEPT_MAX) & (t.rs_win_rate >= WIN_MIN)
+                                     & (t.rs_p < P_MAX)).sum()),
+        })
+    return pd.DataFrame(rows)
+
+
 def markdown(df: pd.DataFrame, floats: str = "{:.3g}") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -123,6 +142,7 @@ def main(argv: List[str] = None) -> None:
         table = run_sweep(args.stages, pd.read_csv(CSV) if args.append else None)
     summary = judge(table)
     print(markdown(summary.head(12)))
+    print(markdown(frontier(table)))
     best = summary.iloc[0]
     chosen = table.merge(best[SETTING].to_frame().T.astype(table[SETTING].dtypes.to_dict()), on=SETTING)
     print(markdown(chosen[["dataset", "method", "kept_fraction", "rc", "rs_win_rate", "rs_p"]]))

@@ -146,7 +146,7 @@ class GADWrapper(Attribution):
 
         Classes are output indices of the model (label values). With no strategy, the classes
         present are split in two by 2-means on their mean logits. The images of the fitted
-        classes are kept (``refit``/:meth:`for_model` use them to fit GAD for another model).
+        classes are kept in memory: :meth:`for_model` refits on them for another model.
 
         Args:
             data: ``(x, y)`` tensors or a DataLoader of ``(x, y)`` batches (read once).
