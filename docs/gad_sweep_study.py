@@ -68,7 +68,7 @@ def base_model(x: torch.Tensor, y: torch.Tensor) -> SmallCNN:
     return model.eval()
 
 
-def run_sweep(stages: List[str], previous: pd.DataFrame = None) -> pd.DataFrame:
+def run_sweep(stages: List[str], previous: pd.DataFrame = None, csv: str = CSV) -> pd.DataFrame:
     tables = [] if previous is None else [previous]
     for name, (x, y, x_test, y_test) in datasets().items():
         model = base_model(x, y)
@@ -83,7 +83,7 @@ def run_sweep(stages: List[str], previous: pd.DataFrame = None) -> pd.DataFrame:
             tables.append(table)
             print(f"{name} [{stage}]: base balanced accuracy {acc:.3f}, {len(table)} rows, "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
-            pd.concat(tables).to_csv(CSV, index=False)  # partial results survive an interruption
+            pd.concat(tables).to_csv(csv, index=False)  # partial results survive an interruption
     return pd.concat(tables, ignore_index=True)
 
 
@@ -133,13 +133,14 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--stages", nargs="+", default=list(GRIDS), choices=list(GRIDS),
                         help="grids to run (default: all)")
     parser.add_argument("--append", action="store_true", help="add the stages' rows to the CSV")
+    parser.add_argument("--csv", default=CSV, help="where the table goes (default docs/gad_sweep.csv)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     if args.from_csv:
-        table = pd.read_csv(CSV)
+        table = pd.read_csv(args.csv)
     else:
-        table = run_sweep(args.stages, pd.read_csv(CSV) if args.append else None)
+        table = run_sweep(args.stages, pd.read_csv(args.csv) if args.append else None, args.csv)
     summary = judge(table)
     print(markdown(summary.head(12)))
     print(markdown(frontier(table)))
