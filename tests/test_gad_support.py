@@ -141,7 +141,7 @@ def test_support_models_train_on_per_group_targets(tiny):
     keep = plan.uses(y)
     alphas = torch.tensor([[1.0, 3.0], [2.0, 6.0]], dtype=torch.float64)  # (alpha_k, alpha_l) per model
     models, _ = make_support_models(reference, (x[keep],), logits[keep], y[keep], plan, alphas,
-                                    steps=150, lr=3e-3, batch_size=16, progress=False)
+                                    steps=150, lr=3e-3, batch_size=16, warm_start=True, progress=False)
     after = predict_logits(models[-1], (x[keep],))
     gap = lambda out, c, o: (out[y[keep] == c, c] - out[y[keep] == c, o]).mean()  # noqa: E731
     grow_k = gap(after, 0, 1) - gap(logits[keep], 0, 1)

@@ -77,7 +77,7 @@ def _check_gad_narrows(gad, model, digits, **kwargs):
     margins = gad.margins(digits.x_test, digits.y_test)  # (T + 1, N)
     means = margins.mean(1)
     assert (means.diff() > 0.3 * gad.alphas[0]).all(), means
-    assert ((margins.diff(dim=0) > 0).all(0)).float().mean() > 0.9  # per image too
+    assert ((margins.diff(dim=0) > 0).all(0)).float().mean() > 0.8  # per image too, over T = 5 small steps
     attr, parts = gad.attribute(x, target=y, return_components=True, **kwargs)
     assert attr.shape == x.shape and len(parts.maps) == gad.n_support + 1
     kept = parts.consistency.flatten(1)
@@ -344,7 +344,7 @@ def test_config_is_validated_and_epochs_convert_to_steps(model):
     assert cfg.budget(n_examples=249) == 3 * 5
     assert GADConfig(steps=7).budget(n_examples=249) == 7
     gad = GADWrapper(Saliency(model), cfg, lr=3e-3, progress=False)
-    assert gad.config == GADConfig(epochs=3, batch_size=50, lr=3e-3) and gad.n_support == 3
+    assert gad.config == GADConfig(epochs=3, batch_size=50, lr=3e-3) and gad.n_support == 5
     assert GADConfig.from_dict(GADConfig(delta=(1.0, 2.0), alphas=None).to_dict()).delta == (1.0, 2.0)
     for bad, match in [
         (dict(steps=10, epochs=2), "not both"), (dict(lr=0.0), "lr"), (dict(delta=(1.0,)), "delta"),

@@ -215,11 +215,11 @@ def make_support_models(
     labels: Tensor,
     plan: DistancingPlan,
     alphas: Tensor,
-    steps: int = 300,
-    lr: float = 1e-3,
+    steps: int = 100,
+    lr: float = 3e-3,
     batch_size: int = 32,
     seed: int = 0,
-    warm_start: bool = True,
+    warm_start: bool = False,
     progress: bool = True,
 ) -> Tuple[List[nn.Module], List[List[float]]]:
     """Train one support model per ``alpha_t`` (Algorithm 1).
