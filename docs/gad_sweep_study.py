@@ -148,18 +148,19 @@ def main(argv: List[str] = None) -> None:
         table = pd.read_csv(args.csv)
     else:
         table = run_sweep(args.stages, pd.read_csv(args.csv) if args.append else None, args.csv)
-    summary = judge(table[table.stage == "final"])  # the stage run on every data set
+    final = table[table.stage == "final"]  # the stage run on every data set
+    summary = judge(final)
     print(markdown(summary.head(12)))
     print(markdown(frontier(table)))
     best = summary.iloc[0]
-    chosen = table.merge(best[SETTING].to_frame().T.astype(table[SETTING].dtypes.to_dict()), on=SETTING)
+    chosen = final.merge(best[SETTING].to_frame().T.astype(final[SETTING].dtypes.to_dict()), on=SETTING)
     print(markdown(chosen[["dataset", "method", "kept_fraction", "rc", "rs_win_rate", "rs_p"]]))
     import matplotlib
 
     matplotlib.use("Agg")
     from captum_gradflow.sweep_figure import plot_gad_sweep
 
-    fig = plot_gad_sweep(table, highlight={k: best[k] for k in SETTING})
+    fig = plot_gad_sweep(table, highlight={"stage": "final", **{k: best[k] for k in SETTING}})
     fig.savefig(PNG, dpi=110, bbox_inches="tight")
     print(f"wrote {PNG}; default candidate: {dict(best[SETTING])}")
 
