@@ -39,7 +39,7 @@ def plot_gad_sweep(
         >>> from captum_gradflow.sweep_figure import plot_gad_sweep
         >>> t = pd.DataFrame({"kept_fraction": [0.9, 0.6], "rs_win_rate": [0.5, 0.8],
         ...                   "rs_p": [0.3, 0.001], "method": ["Saliency"] * 2})
-        >>> len(plot_gad_sweep(t).axes[0].collections[0].get_offsets())  # one point per row
+        >>> sum(len(c.get_offsets()) for c in plot_gad_sweep(t).axes[0].collections)  # one per row
         2
     """
     import matplotlib.pyplot as plt
@@ -63,12 +63,15 @@ def plot_gad_sweep(
                 sel = sel[sel["dataset"] == dataset]
             if sel.empty:
                 continue
-            significant = (sel["rs_p"] < 0.01).tolist() if "rs_p" in sel else [True] * len(sel)
+            significant = sel["rs_p"] < 0.01 if "rs_p" in sel else sel["kept_fraction"].notna()
             color = colors[i % len(colors)]
             label = " / ".join(str(v) for v in (method, dataset) if v is not None) or None
-            ax.scatter(sel["kept_fraction"], sel["rs_win_rate"], s=22, marker=_MARKERS[j % len(_MARKERS)],
-                       facecolors=[color if s else "none" for s in significant], edgecolors=color,
-                       linewidths=0.8, label=label, alpha=0.8)
+            marker = _MARKERS[j % len(_MARKERS)]
+            for filled, part in ((True, sel[significant]), (False, sel[~significant])):
+                if len(part):
+                    ax.scatter(part["kept_fraction"], part["rs_win_rate"], s=22, marker=marker,
+                               facecolors=color if filled else "none", edgecolors=color, linewidths=0.8,
+                               label=label if filled or not significant.any() else None, alpha=0.8)
     if highlight:
         sel = table
         for k, v in highlight.items():
