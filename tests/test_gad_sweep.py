@@ -28,7 +28,7 @@ def test_default_gad_removes_a_visible_part_of_the_base_map(digits_model):
     d, model = digits_model
     gad = GADWrapper(Saliency(model), progress=False).fit((d.x_train, d.y_train), pair=(0, 1))
     scores = evaluate_gad(gad, d.x_test[:48], d.y_test[:48])
-    # DESIGN 3.1: a GAD keeping over 90% of the base map's top pixels is not doing its job
+    # docs/definitions.md 3.1: a GAD keeping over 90% of the base map's top pixels is not doing its job
     assert scores["kept_fraction"] <= 0.90, scores
     assert 0 < scores["rc"] < 1
 

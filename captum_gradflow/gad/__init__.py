@@ -1,5 +1,6 @@
-"""GAD, Gradient Artificial Distancing (docs/definitions.md, section 3): support models with class logits pushed
-apart, explained with the same Captum method, fused into the consistent part of the map.
+"""GAD, Gradient Artificial Distancing (docs/definitions.md, section 3): support models with
+class logits pushed apart, explained with the same Captum method, fused into the consistent
+part of the map.
 
 ``distancing`` builds the regression targets (Algorithm 1), ``support`` trains the support
 models and re-binds methods to them, ``fusion`` combines the maps (Algorithm 2) and

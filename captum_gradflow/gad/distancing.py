@@ -1,4 +1,4 @@
-"""Artificial distancing (DESIGN 3.1, Algorithm 1): which logits each image pushes down.
+"""Artificial distancing (docs/definitions.md, section 3.1, Algorithm 1): which logits each image pushes down.
 
 A :class:`DistancingPlan` records, for every class ``y``, the "other group" of classes whose
 logits the support models learn to lower by ``alpha_t`` on images of class ``y``. Every image
@@ -253,7 +253,7 @@ def two_means_split(
 def default_alphas(
     margins: Tensor, n_support: int, delta: Union[float, Tuple[float, float]] = 0.5
 ) -> Tensor:
-    """Schedule ``alpha_t = t * delta * std(margin)``, ``t = 1 .. n_support`` (DESIGN 3.1).
+    """Schedule ``alpha_t = t * delta * std(margin)``, ``t = 1 .. n_support`` (docs/definitions.md, 3.1).
 
     ``delta`` may be a pair ``(delta_1, delta_2)``, one per group: the schedule is then
     ``(n_support, 2)``, column ``g`` the shift of the images of group ``g`` (the paper's

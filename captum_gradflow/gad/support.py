@@ -1,5 +1,5 @@
-"""Support models (DESIGN 3.2): copies of the user's model regressed onto distanced logits,
-and the re-binding of a Captum method to each of them (DESIGN 3.4).
+"""Support models (docs/definitions.md, section 3.2): copies of the user's model regressed
+onto distanced logits, and the re-binding of a Captum method to each of them (section 3.4).
 
 The user's model is never called, trained or changed here: everything runs on deep copies.
 The original logits are computed once, before training, so a support-model epoch costs what
@@ -254,7 +254,7 @@ def make_support_models(
 
 
 def rebind(method: Attribution, model: nn.Module, support: nn.Module) -> Attribution:
-    """Copy of ``method`` that explains ``support`` instead of ``model`` (DESIGN 3.4).
+    """Copy of ``method`` that explains ``support`` instead of ``model`` (docs/definitions.md, 3.4).
 
     The deep copy's memo maps every module, parameter and buffer of ``model`` to its
     counterpart in ``support`` (a deep copy of ``model``), so ``forward_func``, layer
