@@ -83,7 +83,8 @@ class ZennitAttribution(Attribution):
             additional_forward_args: Not supported (zennit calls ``model(x)``); must be None.
 
         Returns:
-            The attribution, a tensor (or a 1-tuple if ``inputs`` was one).
+            The attribution, a tensor (or a 1-tuple if ``inputs`` was one). A model in train
+            mode (BatchNorm, Dropout) gets one warning and is restored after the call.
         """
         if additional_forward_args is not None:
             raise ValueError("ZennitAttribution does not support additional_forward_args: zennit calls model(x)")
@@ -92,10 +93,11 @@ class ZennitAttribution(Attribution):
             raise ValueError(f"ZennitAttribution explains a single input tensor, got a tuple of {len(xs)}")
         if not xs[0].is_floating_point():
             raise TypeError(f"inputs must be a floating-point tensor, got {xs[0].dtype}")
+        check_batch(xs, self.forward_func, "ZennitAttribution.attribute")
         check_finite(xs)
         # a fresh leaf: zennit sets requires_grad on what it is given, and the caller's flag must stay
         x = xs[0].detach().requires_grad_(True)
-        with torch.enable_grad():
+        with preserved(self.forward_func, xs, "ZennitAttribution.attribute"), torch.enable_grad():
             _, attribution = self.attributor(x, attr_output=_one_hot_output(target))
         return format_output(was_tuple, (attribution.detach(),))
 
