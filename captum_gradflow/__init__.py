@@ -5,7 +5,7 @@ Public names only; each lives in the module named after it.
 from captum_gradflow.adapters import ZennitAttribution, quantus_explain
 from captum_gradflow.alignment import FeatureAlignment
 from captum_gradflow.datasets import DigitsSplit, Lesions, digits_pair, synthetic_lesions
-from captum_gradflow.gad import GADWrapper
+from captum_gradflow.gad import GADConfig, GADWrapper, gad_sweep
 from captum_gradflow.features import (
     Brightness,
     Extent,
@@ -29,6 +29,7 @@ from captum_gradflow.metrics import (
 from captum_gradflow.models import SmallCNN
 from captum_gradflow.noise import NoiseComparison
 from captum_gradflow.regularizer import AlignmentRegularizer, alignment_penalty
+from captum_gradflow.sweep_figure import plot_gad_sweep
 from captum_gradflow.training import TrainHistory, balanced_accuracy, predict, train_classifier
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "Feature",
     "FeatureAlignment",
     "FlowResult",
+    "GADConfig",
     "GADWrapper",
     "GradientFlowAlignment",
     "Lesions",
@@ -62,7 +64,9 @@ __all__ = [
     "attribution_regions",
     "compare_region_sensitivity",
     "digits_pair",
+    "gad_sweep",
     "noise_features",
+    "plot_gad_sweep",
     "quantus_explain",
     "region_complexity",
     "region_sensitivity",

@@ -15,6 +15,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_gradflow._common import TargetType, TensorOrTuple, check_finite, format_inputs, format_output, select_target
+from captum_gradflow._guard import check_batch, preserved
 
 
 def _one_hot_output(target: TargetType) -> Callable[[Tensor], Tensor]:
@@ -82,7 +83,8 @@ class ZennitAttribution(Attribution):
             additional_forward_args: Not supported (zennit calls ``model(x)``); must be None.
 
         Returns:
-            The attribution, a tensor (or a 1-tuple if ``inputs`` was one).
+            The attribution, a tensor (or a 1-tuple if ``inputs`` was one). A model in train
+            mode (BatchNorm, Dropout) gets one warning and is restored after the call.
         """
         if additional_forward_args is not None:
             raise ValueError("ZennitAttribution does not support additional_forward_args: zennit calls model(x)")
@@ -91,10 +93,11 @@ class ZennitAttribution(Attribution):
             raise ValueError(f"ZennitAttribution explains a single input tensor, got a tuple of {len(xs)}")
         if not xs[0].is_floating_point():
             raise TypeError(f"inputs must be a floating-point tensor, got {xs[0].dtype}")
+        check_batch(xs, self.forward_func, "ZennitAttribution.attribute")
         check_finite(xs)
         # a fresh leaf: zennit sets requires_grad on what it is given, and the caller's flag must stay
         x = xs[0].detach().requires_grad_(True)
-        with torch.enable_grad():
+        with preserved(self.forward_func, xs, "ZennitAttribution.attribute"), torch.enable_grad():
             _, attribution = self.attributor(x, attr_output=_one_hot_output(target))
         return format_output(was_tuple, (attribution.detach(),))
 
@@ -126,14 +129,19 @@ def quantus_explain(
       as a string is looked up in ``model``, so layer methods follow the model Quantus
       passes);
     * an ``Attribution`` instance, e.g. a fitted ``GADWrapper``: used as it is. When Quantus
-      passes another model than the one it explains (randomisation metrics such as MPRT
-      explain randomised copies), a copy re-bound to that model is used (``rebind=True``,
-      modules mapped by name; a GAD's support models are reused, not refitted) or a
-      ``ValueError`` is raised (``rebind=False``);
+      passes another model than the one it explains (randomisation metrics such as MPRT and
+      RandomLogit explain randomised copies), a copy re-bound to that model is used
+      (``rebind=True``, modules mapped by name) or a ``ValueError`` is raised
+      (``rebind=False``). A fitted ``GADWrapper`` is refitted for that model with the data
+      it was fitted on (:meth:`~captum_gradflow.GADWrapper.for_model`): support models
+      distanced from the original model would carry its structure into the randomised
+      model's map. One refit per call: a randomisation metric costs a GAD fit per model;
     * any other callable: ``method(model, inputs, target, **attribute_kwargs)`` with tensors.
 
     The user's model is not moved or switched to eval mode: inputs go to the device of its
-    parameters (``device`` when it has none).
+    parameters (``device`` when it has none). A model in train mode (BatchNorm, Dropout)
+    gets one warning and its buffers, flags and hooks are restored after the call. Inputs
+    with NaN or Inf are a ``ValueError`` (their maps would be NaN), and so is an empty batch.
 
     Args:
         model: The model Quantus evaluates.
@@ -180,12 +188,15 @@ def quantus_explain(
     # a fresh leaf that requires grad: gradient methods need it, and the caller's array is not
     # touched (Captum would otherwise warn and set the flag itself)
     x = x.detach().to(device=dev, dtype=dtype).clone().requires_grad_(True)
+    check_batch((x,), model, "quantus_explain")
+    check_finite((x,))
     target = _quantus_targets(targets, x.shape[0], dev)
     explain = _quantus_method(model, method, method_kwargs, rebind)
-    if isinstance(explain, Attribution):
-        attr = explain.attribute(x, target=target, **attribute_kwargs)
-    else:
-        attr = explain(model, x, target, **attribute_kwargs)
+    with preserved(model, (x,), "quantus_explain"):
+        if isinstance(explain, Attribution):
+            attr = explain.attribute(x, target=target, **attribute_kwargs)
+        else:
+            attr = explain(model, x, target, **attribute_kwargs)
     if isinstance(attr, (tuple, list)):
         attr = attr[0]
     attr = torch.as_tensor(attr.detach() if isinstance(attr, Tensor) else np.asarray(attr))
@@ -253,7 +264,10 @@ def _quantus_method(
                 "rebind=True to re-bind a copy of the instance to the given model"
             )
         from captum_gradflow.gad.support import rebind as rebind_to
+        from captum_gradflow.gad.wrapper import GADWrapper
 
+        if isinstance(method, GADWrapper):  # its support models belong to the fitted model
+            return method.for_model(model)
         return rebind_to(method, own, model)
     if callable(method):
         return method

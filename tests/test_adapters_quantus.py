@@ -95,12 +95,33 @@ def test_model_and_inputs_are_untouched(setup):
     try:
         x_np = x.numpy().copy()
         with torch.no_grad():
-            out = quantus_explain(model, x_np, y.numpy())
+            out = quantus_explain(model, x_np, y.numpy())  # no batch-dependent module: no warning
         assert np.isfinite(out).all()
         assert model.training and np.array_equal(x_np, x.numpy())
         assert all(p.grad is None for p in model.parameters())
     finally:
         model.eval()
+
+
+def test_train_mode_batchnorm_is_warned_and_restored():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                              torch.nn.Linear(2 * 6 * 6, 2)).train()
+    stats = net[1].running_mean.clone()
+    x = np.random.default_rng(0).random((4, 1, 8, 8)).astype("float32")
+    with pytest.warns(UserWarning, match="train mode"):
+        quantus_explain(net, x, np.array([0, 1, 0, 1]))
+    assert net.training and torch.equal(net[1].running_mean, stats)
+
+
+def test_nan_and_empty_inputs_are_clear_errors(setup):
+    model, x, y = setup
+    bad = x.numpy().copy()
+    bad[1, 0, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or Inf"):
+        quantus_explain(model, bad, y.numpy())
+    with pytest.raises(ValueError, match="empty batch"):
+        quantus_explain(model, x.numpy()[:0], y.numpy()[:0])
 
 
 def test_bad_arguments_raise_clear_errors(setup):
@@ -117,3 +138,65 @@ def test_bad_arguments_raise_clear_errors(setup):
         quantus_explain(model, x.numpy(), y.numpy(), reduce_axes=(0,))
     with pytest.raises(TypeError, match="nn.Module"):
         quantus_explain(lambda t: t, x.numpy(), y.numpy())
+
+
+@pytest.fixture(scope="module")
+def fitted_gad():
+    from captum_gradflow import GADWrapper, digits_pair, train_classifier
+
+    d = digits_pair((3, 8), size=16, seed=0)
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=2)
+    train_classifier(model, d.x_train, d.y_train, epochs=8, lr=3e-3, progress=False)
+    model.eval()
+    gad = GADWrapper(Saliency(model), n_support=2, steps=60, progress=False)
+    return gad.fit((d.x_train, d.y_train), pair=(0, 1)), d
+
+
+def _spearman(a, b):
+    from scipy.stats import spearmanr
+
+    return float(np.mean([spearmanr(np.abs(u).ravel(), np.abs(v).ravel())[0] for u, v in zip(a, b)]))
+
+
+def test_mprt_refits_gad_for_the_randomised_model(fitted_gad, monkeypatch):
+    from captum_gradflow import GADWrapper
+
+    gad, d = fitted_gad
+    x, y = d.x_test[:12].numpy(), d.y_test[:12].numpy()
+    fitted_for = []
+    fit = GADWrapper.fit
+    monkeypatch.setattr(GADWrapper, "fit", lambda self, *a, **k: (fitted_for.append(self.model), fit(self, *a, **k))[1])
+    metric = quantus.MPRT(return_last_correlation=True, skip_layers=True, disable_warnings=True,
+                          display_progressbar=False)
+    scores = metric(model=gad.model, x_batch=x, y_batch=y, a_batch=None, device="cpu",
+                    explain_func=quantus_explain, explain_func_kwargs={"method": gad})
+    assert len(scores) == 12 and np.isfinite(scores).all()
+    assert len(fitted_for) == 1 and fitted_for[0] is not gad.model  # one refit, on the randomised copy
+    assert gad.support_models and all(m is not gad.model for m in fitted_for)
+
+
+def test_randomising_the_model_changes_every_map_behind_gad(fitted_gad):
+    from captum_gradflow.gad import rebind
+
+    gad, d = fitted_gad
+    x, y = d.x_test[:12], d.y_test[:12]
+    rnd = copy.deepcopy(gad.model)
+    torch.manual_seed(43)
+    for m in rnd.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    _, before = gad.attribute(x, target=y, return_components=True)
+    _, refit = gad.for_model(rnd).attribute(x, target=y, return_components=True)
+    _, reused = rebind(gad, gad.model, rnd).attribute(x, target=y, return_components=True)
+    maps = lambda parts, t: parts.maps[t].detach().numpy()  # noqa: E731
+    base_corr = _spearman(maps(before, 0), maps(refit, 0))
+    assert base_corr < 0.4 and np.isclose(base_corr, _spearman(maps(before, 0), maps(reused, 0)))
+    for t in (1, 2):
+        # re-derived from the randomised model, not the old support models (which stay at 1.0)
+        assert _spearman(maps(before, t), maps(reused, t)) > 0.999
+        assert _spearman(maps(before, t), maps(refit, t)) < 0.9
+    kept = lambda parts: parts.consistency.flatten(1)  # noqa: E731
+    overlap = (kept(before) & kept(refit)).sum() / kept(before).sum()
+    base_overlap = (before.masks[0].flatten(1) & refit.masks[0].flatten(1)).sum() / before.masks[0].flatten(1).sum()
+    assert overlap <= base_overlap + 0.1  # what GAD keeps moves at least as much as the base's top-q

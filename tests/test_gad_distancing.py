@@ -82,6 +82,23 @@ def test_default_alphas_follow_the_schedule():
         default_alphas(torch.ones(5), 3)
     with pytest.raises(ValueError, match="n_support"):
         default_alphas(margins, 0)
+    per_group = default_alphas(margins, 2, delta=(0.5, 2.0))
+    assert per_group.shape == (2, 2)
+    assert torch.allclose(per_group, torch.tensor([[0.5, 2.0], [1.0, 4.0]], dtype=torch.float64) * std)
+    with pytest.raises(ValueError, match="delta"):
+        default_alphas(margins, 2, delta=(1.0, -1.0))
+
+
+def test_per_group_targets_shift_each_group_by_its_own_alpha():
+    plan = make_plan(torch.tensor([0, 1, 2]), 3, split=((0,), (1, 2)))
+    logits = torch.zeros(3, 3)
+    labels = torch.tensor([0, 1, 2])
+    t = plan.targets(logits, labels, (1.0, 3.0))
+    # an image of G1 = {0} lowers G2's logits by alpha_1; images of G2 lower class 0 by alpha_2
+    assert t.tolist() == [[0.0, -1.0, -1.0], [-3.0, 0.0, 0.0], [-3.0, 0.0, 0.0]]
+    assert torch.equal(plan.targets(logits, labels, 2.0), plan.targets(logits, labels, (2.0, 2.0)))
+    with pytest.raises(ValueError, match="pair"):
+        plan.targets(logits, labels, (1.0, 2.0, 3.0))
 
 
 def test_plan_config_round_trip_and_bad_config():

@@ -67,9 +67,9 @@ def test_train_support_model_fits_targets_and_restores_flags(tiny):
     support.features[0].weight.requires_grad_(False)  # frozen by the user: still trained, flag kept
     before = support.features[0].weight.clone()
     targets = predict_logits(support, (x,)) + torch.tensor([1.0, -1.0, 0.0])
-    losses = train_support_model(support, (x,), targets, epochs=8, lr=1e-2, batch_size=8,
+    losses = train_support_model(support, (x,), targets, steps=8 * 3, lr=1e-2, batch_size=8,
                                  generator=torch.Generator().manual_seed(0))
-    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]  # one mean loss per pass of 3 steps
     assert not support.training
     assert support.features[0].weight.requires_grad is False
     assert not torch.equal(before, support.features[0].weight)
@@ -95,17 +95,17 @@ def test_support_models_cost_one_forward_per_batch_and_are_seeded(tiny):
     plan = make_plan(y, 3, one_vs_all=0)
     alphas = torch.tensor([1.0, 2.0], dtype=torch.float64)
     reference.calls = 0
-    kwargs = dict(epochs=3, lr=1e-3, batch_size=8, seed=5, progress=False)
-    models, history = make_support_models(reference, (x,), logits, y, plan, alphas, **kwargs)
+    kwargs = dict(steps=7, lr=1e-3, batch_size=8, seed=5, progress=False)
+    models, history = make_support_models(reference, (x,), logits, y, plan, alphas, warm_start=False, **kwargs)
     assert reference.calls == 0  # every support model trains on its own copy
-    assert [m.calls for m in models] == [3 * 3, 3 * 3]  # epochs x batches, no extra forward
-    again, _ = make_support_models(reference, (x,), logits, y, plan, alphas, **kwargs)
+    assert [m.calls for m in models] == [7, 7]  # one forward per optimizer step, no extra
+    again, _ = make_support_models(reference, (x,), logits, y, plan, alphas, warm_start=False, **kwargs)
     for a, b in zip(models, again):
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert torch.equal(pa, pb)
     warm, _ = make_support_models(reference, (x,), logits, y, plan, alphas, warm_start=True, **kwargs)
-    assert warm[1].calls == 2 * 3 * 3  # continued from model 1
-    assert len(history) == 2 and all(len(h) == 3 for h in history)
+    assert warm[1].calls == 2 * 7  # continued from model 1
+    assert len(history) == 2 and all(len(h) == 3 for h in history)  # passes of 3, 3 and 1 steps
 
 
 def test_gad_refuses_layers_outside_the_model(tiny):
@@ -119,7 +119,7 @@ def test_seed_matters_and_a_dataloader_fits_like_tensors(tiny):
     model, x, y = tiny
 
     def fitted(data, seed):
-        gad = GADWrapper(Saliency(model), n_support=1, epochs=2, lr=1e-3, batch_size=8, seed=seed, progress=False)
+        gad = GADWrapper(Saliency(model), n_support=1, steps=6, lr=1e-3, batch_size=8, seed=seed, progress=False)
         return gad.fit(data, pair=(0, 1))
 
     def weights(gad):
@@ -131,3 +131,39 @@ def test_seed_matters_and_a_dataloader_fits_like_tensors(tiny):
     assert torch.equal(weights(a), weights(b))
     assert not torch.equal(weights(a), weights(c))
     assert a.history[0][-1] < a.history[0][0]  # the regression makes progress
+
+
+def test_support_models_train_on_per_group_targets(tiny):
+    model, x, y = tiny
+    reference = frozen_copy(model)
+    logits = predict_logits(reference, (x,))
+    plan = make_plan(y, 3, pair=(0, 1))
+    keep = plan.uses(y)
+    alphas = torch.tensor([[1.0, 3.0], [2.0, 6.0]], dtype=torch.float64)  # (alpha_k, alpha_l) per model
+    models, _ = make_support_models(reference, (x[keep],), logits[keep], y[keep], plan, alphas,
+                                    steps=150, lr=3e-3, batch_size=16, warm_start=True, progress=False)
+    after = predict_logits(models[-1], (x[keep],))
+    gap = lambda out, c, o: (out[y[keep] == c, c] - out[y[keep] == c, o]).mean()  # noqa: E731
+    grow_k = gap(after, 0, 1) - gap(logits[keep], 0, 1)
+    grow_l = gap(after, 1, 0) - gap(logits[keep], 1, 0)
+    assert grow_l > 2 * grow_k > 0  # images of l were pushed three times as far as images of k
+
+
+def test_support_models_do_not_carry_the_users_hooks(tiny):
+    model, x, y = tiny
+    calls = []
+    handles = [model.register_forward_hook(lambda *a: calls.append("fwd")),
+               model.features[0].register_forward_pre_hook(lambda *a: calls.append("pre")),
+               model.register_full_backward_hook(lambda *a: calls.append("bwd"))]
+    try:
+        gad = GADWrapper(Saliency(model), n_support=2, steps=4, batch_size=8, progress=False)
+        gad.fit((x, y), pair=(0, 1))
+        assert calls == []  # fit trains and evaluates hook-free copies only
+        for m in gad.support_models:
+            assert all(not getattr(mod, d) for mod in m.modules()
+                       for d in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"))
+        gad.attribute(x[:3], target=0)
+        assert calls.count("fwd") == 1 and calls.count("pre") == 1  # the base map only
+    finally:
+        for h in handles:
+            h.remove()

@@ -18,6 +18,7 @@ from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 
 from captum_gradflow import GADWrapper, SmallCNN, digits_pair, train_classifier
+from captum_gradflow.gad import GADConfig
 
 N_TEST = 48  # test images explained (enough for the "most images" claims, fast with IG)
 
@@ -50,7 +51,7 @@ def model(digits):
 
 @pytest.fixture(scope="module")
 def fitted(digits, model, tmp_path_factory):
-    """GAD over Saliency with the default options (T = 3, 10 epochs, lr 1e-4), and its save file."""
+    """GAD over Saliency with the default options, and its save file."""
     before = fingerprint(model)
     gad = GADWrapper(Saliency(model), progress=False).fit((digits.x_train, digits.y_train), pair=(0, 1))
     assert fingerprint(model) == before
@@ -76,7 +77,7 @@ def _check_gad_narrows(gad, model, digits, **kwargs):
     margins = gad.margins(digits.x_test, digits.y_test)  # (T + 1, N)
     means = margins.mean(1)
     assert (means.diff() > 0.3 * gad.alphas[0]).all(), means
-    assert ((margins.diff(dim=0) > 0).all(0)).float().mean() > 0.9  # per image too
+    assert ((margins.diff(dim=0) > 0).all(0)).float().mean() > 0.8  # per image too, over T = 5 small steps
     attr, parts = gad.attribute(x, target=y, return_components=True, **kwargs)
     assert attr.shape == x.shape and len(parts.maps) == gad.n_support + 1
     kept = parts.consistency.flatten(1)
@@ -133,6 +134,36 @@ def test_target_forms_agree(fitted, digits):
     assert torch.equal(as_int, gad.attribute(x, target=torch.tensor(1)))
 
 
+def test_every_target_form_captum_accepts_is_accepted(fitted, model, digits):
+    gad, _ = fitted
+    x = digits.x_test[:4]
+    forms = [3 - 2, (1,), [1, 1, 1, 1], [(1,), (1,), (1,), (1,)], torch.tensor(1), torch.tensor([1, 1, 1, 1])]
+    base = Saliency(model)
+    for form in forms:
+        base.attribute(x, target=form)  # Captum's own method accepts the form on this model
+        assert torch.equal(gad.attribute(x, target=form), gad.attribute(x, target=1)), form
+    with pytest.raises(TypeError, match="integer"):
+        gad.attribute(x, target=torch.tensor([0.7, 1.3, 0.2, 1.0]))
+    with pytest.raises(ValueError, match="indexes a 3-D output"):
+        gad.attribute(x, target=(1, 0))
+
+
+def test_layer_maps_are_upsampled_to_the_input_before_fusion(fitted, model, digits):
+    _, path = fitted
+    x, y = digits.x_test[:6], digits.y_test[:6]
+    cam = LayerGradCam(model, model.features[6])
+    gad = GADWrapper.load(path, cam, progress=False)
+    coarse = gad.attribute(x, target=y)
+    assert coarse.shape[-2:] == (4, 4)  # the layer's own resolution: off by default
+    attr, parts = gad.attribute(x, target=y, interpolate_to_input=True, return_components=True)
+    up = cam.interpolate(cam.attribute(x, target=y), x.shape[2:], "bilinear")
+    assert attr.shape == (6, 1, 16, 16) and torch.allclose(parts.maps[0], up)
+    kept = attr != 0
+    assert kept.flatten(1).any(1).sum() >= 4 and torch.equal(attr[kept], up[kept])
+    assert (kept.flatten(1).sum(1) < parts.masks[0].flatten(1).sum(1)).all()
+    assert all(not torch.equal(m, up) for m in parts.maps[1:])  # support models differ
+
+
 def test_one_vs_all_and_split_push_the_right_logits_apart(three_classes):
     d, net = three_classes
     x, y = d.x_test, d.y_test
@@ -184,13 +215,12 @@ def test_captum_clients_accept_gad(fitted, model, digits):
 @pytest.mark.parametrize(
     "make, kwargs",
     [
-        (lambda m: LayerGradCam(m, m.features[6]), {}),
         (lambda m: DeepLift(m), {}),
         (lambda m: GuidedBackprop(m), {}),
         (lambda m: InputXGradient(m), {}),
         (lambda m: NoiseTunnel(IntegratedGradients(m)), dict(nt_samples=2, stdevs=0.05, n_steps=4)),
     ],
-    ids=["LayerGradCam", "DeepLift", "GuidedBackprop", "InputXGradient", "NoiseTunnel(IG)"],
+    ids=["DeepLift", "GuidedBackprop", "InputXGradient", "NoiseTunnel(IG)"],
 )
 def test_gad_wraps_other_methods(fitted, model, digits, make, kwargs):
     _, path = fitted
@@ -287,6 +317,49 @@ def test_target_outside_the_fitted_classes(three_classes):
         gad.attribute(d.x_test[:2], target=[0, 2])
 
 
+def test_failed_calls_leave_inputs_and_model_as_they_were(fitted, model, digits):
+    gad, _ = fitted
+    x = digits.x_test[:4].clone()
+    before = fingerprint(model)
+    for bad in (dict(target=torch.tensor([0.5, 1.0, 0.0, 1.0])), dict(target=7)):
+        with pytest.raises((TypeError, IndexError)):
+            gad.attribute(x, **bad)
+        assert not x.requires_grad
+    with pytest.raises(Exception):  # a 3-D input for a 2-D model fails inside the model
+        gad.attribute(x[:, 0], target=0)
+    assert not x.requires_grad and fingerprint(model) == before
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="inference_mode"):
+            gad.attribute(x, target=0)
+    assert not x.requires_grad
+    with pytest.raises(ValueError, match="empty batch"):
+        gad.attribute(x[:0], target=0)
+    with pytest.raises(ValueError, match="empty batch"):
+        GADWrapper(Saliency(model), steps=1).fit((x[:0], torch.zeros(0, dtype=torch.long)), pair=(0, 1))
+    assert fingerprint(model) == before
+
+
+def test_config_is_validated_and_epochs_convert_to_steps(model):
+    cfg = GADConfig(epochs=3, batch_size=50)
+    assert cfg.budget(n_examples=249) == 3 * 5
+    assert GADConfig(steps=7).budget(n_examples=249) == 7
+    gad = GADWrapper(Saliency(model), cfg, lr=3e-3, progress=False)
+    assert gad.config == GADConfig(epochs=3, batch_size=50, lr=3e-3) and gad.n_support == 5
+    assert GADConfig.from_dict(GADConfig(delta=(1.0, 2.0), alphas=None).to_dict()).delta == (1.0, 2.0)
+    for bad, match in [
+        (dict(steps=10, epochs=2), "not both"), (dict(lr=0.0), "lr"), (dict(delta=(1.0,)), "delta"),
+        (dict(alphas=[2.0, 1.0]), "increasing"), (dict(alphas=[1.0], n_support=2), "n_support=2"),
+        (dict(steps=2.5), "steps"), (dict(warm_start="yes"), "warm_start"),
+        (dict(alphas=[(1.0, 2.0), (2.0, 1.5)]), "increasing"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            GADConfig(**bad)
+    with pytest.raises(TypeError, match="GADConfig"):
+        GADWrapper(Saliency(model), n_steps=3)
+    with pytest.raises(ValueError, match="unknown GAD settings"):
+        GADConfig.from_dict({"delta": 1.0, "epoch": 3})
+
+
 def test_batchnorm_in_train_mode_warns_and_is_left_alone():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
@@ -295,7 +368,7 @@ def test_batchnorm_in_train_mode_warns_and_is_left_alone():
     y = torch.arange(16) % 2
     before = fingerprint(net)
     gad = GADWrapper(Saliency(net), n_support=1, epochs=1, progress=False)
-    with pytest.warns(UserWarning, match="BatchNorm"):
+    with pytest.warns(UserWarning, match="train mode"):
         gad.fit((x, y), pair=(0, 1))
     assert fingerprint(net) == before and net.training
     assert not gad.support_models[0].training

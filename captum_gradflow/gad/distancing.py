@@ -1,4 +1,4 @@
-"""Artificial distancing (DESIGN 3.1, Algorithm 1): which logits each image pushes down.
+"""Artificial distancing (docs/definitions.md, section 3.1, Algorithm 1): which logits each image pushes down.
 
 A :class:`DistancingPlan` records, for every class ``y``, the "other group" of classes whose
 logits the support models learn to lower by ``alpha_t`` on images of class ``y``. Every image
@@ -8,12 +8,15 @@ kept while the gap between the groups grows by ``alpha_t``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["DistancingPlan", "make_plan", "default_alphas"]
+__all__ = ["AlphaType", "DistancingPlan", "class_means", "make_plan", "default_alphas"]
+
+# One shift for both groups, or a pair (alpha_1 for images of G1, alpha_2 for images of G2).
+AlphaType = Union[float, Tuple[float, float], Tensor]
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,23 @@ class DistancingPlan:
         """``(N, K)`` bool: the logits pushed down on each image."""
         return self.other().to(labels.device)[labels]
 
-    def targets(self, logits: Tensor, labels: Tensor, alpha: float) -> Tensor:
-        """Regression targets ``a'(x)`` of a support model: ``a_c(x) - alpha`` on the other group."""
-        return logits - alpha * self.other_mask(labels).to(logits.dtype)
+    def in_first_group(self, labels: Tensor) -> Tensor:
+        """Bool per image: is its class in ``G1`` (its other group is then ``G2``)."""
+        return torch.isin(labels, torch.tensor(self.groups[0], device=labels.device))
+
+    def targets(self, logits: Tensor, labels: Tensor, alpha: AlphaType) -> Tensor:
+        """Regression targets ``a'(x)`` of a support model: ``a_c(x) - alpha`` on the other group.
+
+        ``alpha`` is one shift for every image, or a pair ``(alpha_1, alpha_2)``: images of
+        ``G1`` lower their ``G2`` logits by ``alpha_1``, images of ``G2`` their ``G1`` logits by
+        ``alpha_2`` (the paper's ``alpha_k``, ``alpha_l`` for ``pair=(k, l)``).
+        """
+        a = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device).reshape(-1)
+        if a.numel() == 2:
+            a = torch.where(self.in_first_group(labels), a[0], a[1])[:, None]
+        elif a.numel() != 1:
+            raise ValueError(f"alpha must be one number or a pair (alpha_1, alpha_2), got {alpha!r}")
+        return logits - a * self.other_mask(labels).to(logits.dtype)
 
     def margins(self, logits: Tensor, labels: Tensor) -> Tensor:
         """``a_y(x) - max_{c in other(y)} a_c(x)``, the gap the support models widen."""
@@ -201,6 +218,14 @@ def make_plan(
     return DistancingPlan("split", (g1, g2), tuple(present), num_classes)
 
 
+def class_means(logits: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Mean logit vector of each class, ``(K, K)`` (rows of absent classes are 0): what the
+    default 2-means split clusters."""
+    sums = torch.zeros(k, logits.shape[1], dtype=logits.dtype, device=logits.device).index_add_(0, labels, logits)
+    counts = torch.bincount(labels, minlength=k).clamp(min=1).to(logits.dtype)
+    return sums / counts[:, None]
+
+
 def two_means_split(
     means: Tensor, classes: Sequence[int], seed: int = 0
 ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -225,15 +250,22 @@ def two_means_split(
     return g1, g2
 
 
-def default_alphas(margins: Tensor, n_support: int, delta: float = 0.5) -> Tensor:
-    """Schedule ``alpha_t = t * delta * std(margin)``, ``t = 1 .. n_support`` (DESIGN 3.1).
+def default_alphas(
+    margins: Tensor, n_support: int, delta: Union[float, Tuple[float, float]] = 0.5
+) -> Tensor:
+    """Schedule ``alpha_t = t * delta * std(margin)``, ``t = 1 .. n_support`` (docs/definitions.md, 3.1).
+
+    ``delta`` may be a pair ``(delta_1, delta_2)``, one per group: the schedule is then
+    ``(n_support, 2)``, column ``g`` the shift of the images of group ``g`` (the paper's
+    ``alpha_k``, ``alpha_l``); with one ``delta`` it is ``(n_support,)``.
 
     Raises ``ValueError`` when the margins have no spread (the scale is then undefined).
     """
     if n_support < 1:
         raise ValueError(f"n_support must be at least 1, got {n_support}")
-    if not delta > 0:
-        raise ValueError(f"delta must be positive, got {delta}")
+    d = torch.as_tensor(delta, dtype=torch.float64).reshape(-1)
+    if d.numel() not in (1, 2) or not (d > 0).all():
+        raise ValueError(f"delta must be positive (one number or one per group), got {delta}")
     if margins.numel() < 2:
         raise ValueError("the schedule needs the margins of at least 2 images")
     std = float(margins.double().std())
@@ -242,4 +274,5 @@ def default_alphas(margins: Tensor, n_support: int, delta: float = 0.5) -> Tenso
             f"the logit margins have standard deviation {std}, so the default schedule is "
             "undefined; pass alphas= explicitly"
         )
-    return torch.arange(1, n_support + 1, dtype=torch.float64) * delta * std
+    steps = torch.arange(1, n_support + 1, dtype=torch.float64) * std
+    return steps * d[0] if d.numel() == 1 else steps[:, None] * d[None, :]

@@ -1,5 +1,5 @@
-"""Support models (DESIGN 3.2): copies of the user's model regressed onto distanced logits,
-and the re-binding of a Captum method to each of them (DESIGN 3.4).
+"""Support models (docs/definitions.md, section 3.2): copies of the user's model regressed
+onto distanced logits, and the re-binding of a Captum method to each of them (section 3.4).
 
 The user's model is never called, trained or changed here: everything runs on deep copies.
 The original logits are computed once, before training, so a support-model epoch costs what
@@ -8,6 +8,7 @@ a plain training epoch costs (forward, MSE, backward, Adam step).
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -28,7 +29,10 @@ __all__ = [
     "rebind",
 ]
 
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_HOOK_DICTS = (
+    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
+)
 
 
 def as_tensors(data: Any) -> Tuple[Tuple[Tensor, ...], Tensor]:
@@ -111,22 +115,6 @@ def check_modules_in_model(method: Any, model: nn.Module) -> None:
     visit(method, set())
 
 
-def warn_if_batchnorm_training(model: nn.Module) -> bool:
-    """Warn (and return True) when BatchNorm layers are in train mode."""
-    bad = [type(m).__name__ for m in model.modules() if isinstance(m, _BATCHNORMS) and m.training]
-    if bad:
-        import warnings
-
-        warnings.warn(
-            f"the model has {len(bad)} BatchNorm layer(s) in train mode: its outputs depend on "
-            "the batch and every forward pass updates running statistics. Call model.eval() "
-            "before GAD; support models are fitted and explained in eval mode",
-            UserWarning,
-            stacklevel=3,
-        )
-    return bool(bad)
-
-
 def model_device(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -136,8 +124,19 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
-    """Deep copy in eval mode: the support models' starting point (the user's model is untouched)."""
-    return copy.deepcopy(model).eval()
+    """Deep copy in eval mode without the user's hooks: the support models' starting point.
+
+    The user's forward, pre-forward and backward hooks (loggers, counters) belong to the
+    user's model; a copy that kept them would run them on every training step and every
+    support-model attribution.
+    """
+    copied = copy.deepcopy(model).eval()
+    for m in copied.modules():
+        for name in _HOOK_DICTS:
+            hooks = getattr(m, name, None)
+            if hooks is not None:
+                hooks.clear()
+    return copied
 
 
 @torch.no_grad()
@@ -155,33 +154,40 @@ def train_support_model(
     model: nn.Module,
     xs: Tuple[Tensor, ...],
     targets: Tensor,
-    epochs: int,
+    steps: int,
     lr: float,
     batch_size: int,
     generator: torch.Generator,
     bar: Optional[Any] = None,
 ) -> List[float]:
-    """Regress ``model``'s logits onto ``targets`` with MSE and Adam, in place; mean loss per epoch.
+    """Regress ``model``'s logits onto ``targets`` with MSE and ``steps`` Adam steps, in place.
 
-    The model stays in eval mode (the targets are eval-mode logits; BatchNorm statistics and
-    dropout stay fixed). Every floating parameter is trained, also ones the user froze; their
+    Batches are drawn from a fresh permutation of the data every pass. The model stays in
+    eval mode (the targets are eval-mode logits; BatchNorm statistics and dropout stay
+    fixed). Every floating parameter is trained, also ones the user froze; their
     ``requires_grad`` flags are restored afterwards so attribution costs what it did.
+
+    Returns:
+        The mean loss of each pass over the data (the last one possibly partial).
     """
     device = model_device(model)
     params = [p for p in model.parameters() if p.is_floating_point()]
-    flags = [p.requires_grad for p in params]
     if not params:
         raise ValueError("the model has no floating-point parameters to train")
+    flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
     n = targets.shape[0]
+    per_pass = math.ceil(n / batch_size)
     losses: List[float] = []
     try:
-        for _ in range(epochs):
+        done = 0
+        while done < steps:
             order = torch.randperm(n, generator=generator)
+            now = min(per_pass, steps - done)
             total = torch.zeros((), device=device, dtype=targets.dtype)
-            for i in range(0, n, batch_size):
+            for i in range(0, now * batch_size, batch_size):
                 idx = order[i:i + batch_size]
                 out = model(*(x[idx].to(device, non_blocking=True) for x in xs))
                 loss = F.mse_loss(out, targets[idx])
@@ -189,11 +195,12 @@ def train_support_model(
                 loss.backward()
                 opt.step()
                 total += loss.detach() * idx.numel()
-            losses.append(float(total) / n)  # one device sync per epoch, not per batch
-            if not torch.isfinite(torch.tensor(losses[-1])):
+            done += now
+            losses.append(float(total) / min(n, now * batch_size))  # one sync per pass
+            if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"support-model loss became {losses[-1]}; lower lr")
             if bar is not None:
-                bar.update(1)
+                bar.update(now)
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
     finally:
         for p, f in zip(params, flags):
@@ -208,8 +215,8 @@ def make_support_models(
     labels: Tensor,
     plan: DistancingPlan,
     alphas: Tensor,
-    epochs: int = 10,
-    lr: float = 1e-4,
+    steps: int = 100,
+    lr: float = 3e-3,
     batch_size: int = 32,
     seed: int = 0,
     warm_start: bool = False,
@@ -218,36 +225,36 @@ def make_support_models(
     """Train one support model per ``alpha_t`` (Algorithm 1).
 
     Args:
-        reference: Eval-mode copy of the user's model (see :func:`frozen_copy`); each support
-            model starts from a copy of it, or of model ``t-1`` with ``warm_start``.
+        reference: Eval-mode, hook-free copy of the user's model (:func:`frozen_copy`); each
+            support model starts from a copy of it, or of model ``t-1`` with ``warm_start``.
         xs, labels: The training images of the plan's classes and their labels.
         logits: The reference's logits on ``xs`` (computed once).
-        plan: Which logits are pushed down on which images.
-        alphas: Increasing shifts ``alpha_1 < ... < alpha_T``.
-        epochs, lr, batch_size, seed: Adam/MSE training; ``seed`` fixes the shuffling.
+        plan: Which logits are pushed down on which images (:meth:`DistancingPlan.targets`).
+        alphas: ``(T,)`` increasing shifts, or ``(T, 2)``: one per group.
+        steps, lr, batch_size, seed: Adam steps per model, MSE loss; ``seed`` fixes the
+            shuffling.
         warm_start: Start model ``t`` from model ``t-1``.
-        progress: Show a tqdm progress bar.
+        progress: Show a tqdm progress bar (in optimizer steps).
 
     Returns:
-        ``(models, losses)``: eval-mode support models and their mean loss per epoch.
+        ``(models, losses)``: eval-mode support models and their mean loss per pass.
     """
     generator = torch.Generator().manual_seed(seed)
-    shift = plan.other_mask(labels.to(logits.device)).to(logits.dtype)
+    labels = labels.to(logits.device)
     models: List[nn.Module] = []
     history: List[List[float]] = []
-    with tqdm(total=len(alphas) * epochs, desc="GAD support models", disable=not progress, leave=False) as bar:
-        for alpha in alphas.tolist():
+    with tqdm(total=len(alphas) * steps, desc="GAD support models", disable=not progress, leave=False) as bar:
+        for alpha in alphas:
             start = models[-1] if (warm_start and models) else reference
             model = copy.deepcopy(start).eval()
-            history.append(
-                train_support_model(model, xs, logits - alpha * shift, epochs, lr, batch_size, generator, bar)
-            )
+            targets = plan.targets(logits, labels, alpha)
+            history.append(train_support_model(model, xs, targets, steps, lr, batch_size, generator, bar))
             models.append(model)
     return models, history
 
 
 def rebind(method: Attribution, model: nn.Module, support: nn.Module) -> Attribution:
-    """Copy of ``method`` that explains ``support`` instead of ``model`` (DESIGN 3.4).
+    """Copy of ``method`` that explains ``support`` instead of ``model`` (docs/definitions.md, 3.4).
 
     The deep copy's memo maps every module, parameter and buffer of ``model`` to its
     counterpart in ``support`` (a deep copy of ``model``), so ``forward_func``, layer

@@ -1,0 +1,78 @@
+"""gad_sweep, its trade-off figure, and the defaults it chose: GAD must visibly simplify a map."""
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from captum.attr import InputXGradient, Saliency
+
+from captum_gradflow import GADWrapper, SmallCNN, digits_pair, train_classifier
+from captum_gradflow.gad import GADConfig, evaluate_gad, gad_sweep
+from captum_gradflow.sweep_figure import plot_gad_sweep
+
+matplotlib.use("Agg")
+pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    d = digits_pair((3, 8), size=16, seed=0)
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=2)
+    train_classifier(model, d.x_train, d.y_train, epochs=8, lr=3e-3, progress=False)
+    return d, model.eval()
+
+
+def test_default_gad_removes_a_visible_part_of_the_base_map(digits_model):
+    d, model = digits_model
+    gad = GADWrapper(Saliency(model), progress=False).fit((d.x_train, d.y_train), pair=(0, 1))
+    scores = evaluate_gad(gad, d.x_test[:48], d.y_test[:48])
+    # docs/definitions.md 3.1: a GAD keeping over 90% of the base map's top pixels is not doing its job
+    assert scores["kept_fraction"] <= 0.90, scores
+    assert 0 < scores["rc"] < 1
+
+
+def test_sweep_table_has_one_row_per_setting_and_method(digits_model):
+    d, model = digits_model
+    grid = {"delta": [0.5, 8.0], "q": [0.2, 0.3]}
+    table = gad_sweep(model, {"Saliency": Saliency, "IxG": InputXGradient}, (d.x_train, d.y_train), grid,
+                      eval_data=(d.x_test[:24], d.y_test[:24]), pair=(0, 1),
+                      config=GADConfig(steps=60, n_support=2), progress=False)
+    assert len(table) == 2 * 2 * 2
+    expected = {"delta", "q", "method", "kept_fraction", "rc", "rs_win_rate", "rs_p", "rs_pairs", "n_eval", "fit_s"}
+    assert expected <= set(table.columns)
+    assert table[["kept_fraction", "rc", "rs_win_rate", "rs_p"]].notna().all().all()
+    assert ((table.kept_fraction > 0) & (table.kept_fraction <= 1)).all()
+    # q only changes fusion: one fit per delta, shared by both methods and both q
+    assert table.groupby("delta").fit_s.nunique().eq(1).all()
+    # a sixteen times larger push removes more of the map
+    wide = table.pivot_table(index=["method", "q"], columns="delta", values="kept_fraction")
+    assert (wide[8.0] <= wide[0.5] + 0.01).all() and wide[8.0].mean() < wide[0.5].mean() - 0.03, wide
+
+
+def test_sweep_rejects_unknown_settings_and_bad_factories(digits_model):
+    d, model = digits_model
+    with pytest.raises(ValueError, match="not GAD settings"):
+        gad_sweep(model, Saliency, (d.x_train, d.y_train), {"epsilon": [1.0]}, progress=False)
+    with pytest.raises(ValueError, match="at least one value"):
+        gad_sweep(model, Saliency, (d.x_train, d.y_train), {"delta": []}, progress=False)
+    with pytest.raises(TypeError, match="method_factory"):
+        gad_sweep(model, {"x": 3}, (d.x_train, d.y_train), {"delta": [1.0]}, progress=False)
+
+
+def test_trade_off_figure_draws_every_row_and_the_targets():
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "dataset": ["a", "a", "b", "b"], "method": ["IG", "Saliency"] * 2, "delta": [1.0, 1.0, 2.0, 2.0],
+        "kept_fraction": [0.9, 0.7, 0.6, 0.8], "rs_win_rate": [0.5, 0.7, 0.8, 0.4], "rs_p": [0.3, 0.001, 0.0, 0.5],
+    })
+    fig = plot_gad_sweep(table, highlight={"delta": 2.0})
+    ax = fig.axes[0]
+    points = np.concatenate([c.get_offsets() for c in ax.collections[:-1]])
+    assert sorted(map(tuple, points)) == sorted(zip(table.kept_fraction, table.rs_win_rate))
+    assert len(ax.collections[-1].get_offsets()) == 2  # the highlighted setting
+    assert {tuple(line.get_xdata()) for line in ax.lines} >= {(0.75, 0.75)}
+    with pytest.raises(ValueError, match="lacks the columns"):
+        plot_gad_sweep(table.drop(columns="rs_win_rate"))
