@@ -27,7 +27,7 @@ from captum_gradflow.metrics import (
     region_sensitivity,
 )
 from captum_gradflow.models import SmallCNN
-from captum_gradflow.noise import NoiseComparison
+from captum_gradflow.noise import NoiseComparison, NoiseSet, make_noise
 from captum_gradflow.regularizer import AlignmentRegularizer, alignment_penalty
 from captum_gradflow.sweep_figure import plot_gad_sweep
 from captum_gradflow.training import TrainHistory, balanced_accuracy, predict, train_classifier
@@ -50,6 +50,7 @@ __all__ = [
     "LogAspectRatio",
     "NoiseComparison",
     "NoiseFeature",
+    "NoiseSet",
     "RegionComplexity",
     "RegionSensitivity",
     "RegionSensitivityComparison",
@@ -65,6 +66,7 @@ __all__ = [
     "compare_region_sensitivity",
     "digits_pair",
     "gad_sweep",
+    "make_noise",
     "noise_features",
     "plot_gad_sweep",
     "quantus_explain",
