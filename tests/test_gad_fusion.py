@@ -13,13 +13,15 @@ from captum_gradflow.gad import consistency_mask, fuse_maps, normalize_per_examp
 
 def test_reduce_channels_variants():
     a = torch.tensor([[[[1.0, -2.0]], [[-3.0, 1.0]]]])  # (1, 2, 1, 2)
-    assert reduce_channels(a).tolist() == [[[[4.0, 3.0]]]]
-    assert reduce_channels(a, "abs_sum").tolist() == [[[[2.0, 1.0]]]]
-    assert reduce_channels(a, "sum").tolist() == [[[[-2.0, -1.0]]]]
-    assert reduce_channels(a, "max_abs").tolist() == [[[[3.0, 2.0]]]]
+    # one function for fusion and the region metrics: (N, C, *S) -> (N, *S), or keepdim
+    assert reduce_channels(a).tolist() == [[[4.0, 3.0]]]
+    assert reduce_channels(a, keepdim=True).tolist() == [[[[4.0, 3.0]]]]
+    assert reduce_channels(a, "abs_sum", keepdim=True).tolist() == [[[[2.0, 1.0]]]]
+    assert reduce_channels(a, "sum", keepdim=True).tolist() == [[[[-2.0, -1.0]]]]
+    assert reduce_channels(a, "max_abs", keepdim=True).tolist() == [[[[3.0, 2.0]]]]
     flat = torch.tensor([[1.0, -5.0, 2.0]])
     assert reduce_channels(flat).tolist() == [[1.0, 5.0, 2.0]]
-    custom = reduce_channels(a, lambda t: t[:, :1].abs())
+    custom = reduce_channels(a, lambda t: t[:, :1].abs(), keepdim=True)
     assert custom.tolist() == [[[[1.0, 2.0]]]]
     with pytest.raises(ValueError, match="reduce returned"):
         reduce_channels(a, lambda t: t.sum())
