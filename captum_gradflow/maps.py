@@ -24,6 +24,8 @@ __all__ = [
     "check_reduce",
     "normalize_per_example",
     "reduce_channels",
+    "reduce_channels_numpy",
+    "top_k_numpy",
     "top_q_mask",
 ]
 
@@ -202,3 +204,38 @@ def top_k_numpy(flat: np.ndarray, k: int) -> np.ndarray:
     cut = distinct[:, p - k]
     with np.errstate(invalid="ignore"):
         return (flat >= cut[:, None]) & positive
+
+
+def reduce_channels_numpy(
+    attr: Tensor, reduce: Reduce = "sum_abs", out: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """:func:`reduce_channels` of ``(N, C, *spatial)`` maps as a NumPy array (into ``out``).
+
+    The region metrics measure on the CPU in NumPy; the built-in reductions run there too:
+    these passes are short, and NumPy's single thread beats torch's thread pool on a busy CPU.
+    float64 maps stay float64, everything else becomes float32.
+    """
+    check_reduce(reduce)
+    if callable(reduce) or attr.dim() < 3:
+        maps = reduce_channels(attr, reduce).to(device="cpu", dtype=torch.float64).numpy()
+        if out is None:
+            return maps
+        np.copyto(out, maps)
+        return out
+    dtype = torch.float64 if attr.dtype == torch.float64 else torch.float32
+    a = attr.detach().to(device="cpu", dtype=dtype).numpy()
+    if reduce == "none" and a.shape[1] != 1:
+        raise ValueError(f'reduce="none" needs one channel, got {a.shape[1]}')
+    if reduce in ("sum_abs", "max_abs", "abs_sum") and a.shape[1] == 1:
+        return np.abs(a[:, 0], out=out)
+    if reduce == "sum_abs":
+        return np.abs(a).sum(1, out=out)
+    if reduce == "max_abs":
+        return np.abs(a).max(1, out=out)
+    if reduce == "abs_sum":
+        return np.abs(a.sum(1), out=out)
+    maps = a[:, 0] if a.shape[1] == 1 else a.sum(1)
+    if out is None:
+        return maps
+    np.copyto(out, maps)
+    return out
