@@ -4,7 +4,13 @@ Public names only; each lives in the module named after it.
 """
 from captum_gradflow.adapters import ZennitAttribution, quantus_explain
 from captum_gradflow.alignment import FeatureAlignment
-from captum_gradflow.datasets import DigitsSplit, Lesions, digits_pair, synthetic_lesions
+from captum_gradflow.datasets import (
+    DigitsSplit,
+    Lesions,
+    digits_pair,
+    synthetic_lesions,
+    synthetic_lesions_3d,
+)
 from captum_gradflow.gad import GADWrapper
 from captum_gradflow.features import (
     Brightness,
@@ -21,12 +27,13 @@ from captum_gradflow.metrics import (
     Regions,
     RegionSensitivity,
     RegionSensitivityComparison,
+    VolumeRegions,
     attribution_regions,
     compare_region_sensitivity,
     region_complexity,
     region_sensitivity,
 )
-from captum_gradflow.models import SmallCNN
+from captum_gradflow.models import SmallCNN, SmallCNN3d
 from captum_gradflow.noise import NoiseComparison
 from captum_gradflow.regularizer import AlignmentRegularizer, alignment_penalty
 from captum_gradflow.training import TrainHistory, balanced_accuracy, predict, train_classifier
@@ -53,7 +60,9 @@ __all__ = [
     "RegionSensitivityComparison",
     "Regions",
     "SmallCNN",
+    "SmallCNN3d",
     "TrainHistory",
+    "VolumeRegions",
     "ZennitAttribution",
     "balanced_accuracy",
     "predict",
@@ -67,4 +76,5 @@ __all__ = [
     "region_complexity",
     "region_sensitivity",
     "synthetic_lesions",
+    "synthetic_lesions_3d",
 ]
