@@ -156,10 +156,10 @@ def regions_of_volumes(
     comps = components(labels, n_labels, d)
     if min_size > 1:
         kept = (labels.reshape(n, d + 1, h, w) > 0)[:, :d]
-    volume = hull_volumes(comps)
     qhulls: Dict[int, ConvexHull] = {}
+    volume = hull_volumes(comps, qhulls)
     total = np.bincount(comps.example, weights=volume, minlength=n).astype(np.float64)
-    total += overlap_corrections(comps, n, d, (h, w), supersampling, qhulls)
+    total += overlap_corrections(comps, volume, n, d, (h, w), supersampling, qhulls)
     return VolumeRegions(
         area=torch.from_numpy(total),
         n_regions=torch.from_numpy(np.bincount(comps.example, minlength=n).astype(np.int64)),
