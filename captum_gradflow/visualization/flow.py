@@ -1,12 +1,13 @@
 """The gradient-flow figure: frames along one example's flow and the alignment along it."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from captum_gradflow.visualization._common import ArrayLike, _as_heat, _as_image, _image_axes, _numpy
+from captum_gradflow.visualization.volumes import slice_plan, slice_title
 
 __all__ = ["plot_flow"]
 
@@ -19,26 +20,31 @@ def plot_flow(
     n_frames: int = 5,
     reached_boundary: Optional[bool] = None,
     title: str = "gradient flow toward the decision boundary",
+    view: str = "orthogonal",
+    n_slices: int = 6,
 ) -> Figure:
     """A strip of frames along one example's gradient flow, with alignment along the path.
 
     Top row: ``n_frames`` images evenly spaced in arc length from the input ``γ(0)`` to the
     end point ``γ(L)``, then the change ``γ(L) − γ(0)``. Bottom: each feature's squared
     cosine ``S^m_g`` against arc length (and the decision margin on a second axis), with
-    the frames' positions marked.
+    the frames' positions marked. A volume path gives one strip per slice: three orthogonal
+    slices through the largest change ``|γ(L) − γ(0)|`` (``view="orthogonal"``) or
+    ``n_slices`` slices along depth (``view="montage"``).
 
     Args:
-        path: The points of the flow for one example, ``(T, C, H, W)`` or ``(T, H, W)``
-            (first = input, last = end point).
+        path: The points of the flow for one example, ``(T, C, H, W)`` or ``(T, H, W)``, or
+            volumes ``(T, C, D, H, W)`` (first = input, last = end point).
         arc_length: Arc length ``s`` of each point, shape ``(T,)``; the step index if None.
         alignment: ``{feature name: (T,) values}`` or a ``(T, m)`` array of S along the path.
         margin: Decision margin ``m(γ(s))`` at each point, ``(T,)``.
         n_frames: Number of frames in the strip (at least 2: input and end point).
         reached_boundary: Whether the flow stopped on the boundary; labels the last frame.
         title: Figure title.
+        view, n_slices: How a volume path is sliced (see above).
 
     Returns:
-        The figure: ``n_frames + 1`` image axes (the change carries its colour bar as an
+        The figure: ``n_frames + 1`` image axes per strip (the change carries its colour bar as an
         inset) and, if ``alignment`` or ``margin`` is given, the line-plot axes (two when
         both are given: the margin has its own y axis).
 
@@ -54,8 +60,10 @@ def plot_flow(
     p = _numpy(path, "path")
     if p.ndim == 3:
         p = p[:, None]
-    if p.ndim != 4 or p.shape[0] < 2:
-        raise ValueError(f"path must have shape (T, C, H, W) or (T, H, W) with T >= 2, got {p.shape}")
+    if p.ndim not in (4, 5) or p.shape[0] < 2:
+        raise ValueError(
+            f"path must have shape (T, C, H, W), (T, H, W) or (T, C, D, H, W) with T >= 2, got {p.shape}"
+        )
     t = p.shape[0]
     s = np.arange(t, dtype=float) if arc_length is None else _numpy(arc_length, "arc_length").ravel()
     if s.shape != (t,):
@@ -71,31 +79,20 @@ def plot_flow(
     wanted = np.linspace(s[0], s[-1], n_frames)
     idx = np.unique(np.r_[0, [int(np.argmin(np.abs(s - w))) for w in wanted[1:-1]], t - 1])
     lo, hi = float(p.min()), float(p.max())
+    # A volume becomes one strip of 2-D frames per slice (channels stay first: (T, C, h, w)).
+    strips: List[Tuple[Optional[str], np.ndarray]] = [(None, p)]
+    if p.ndim == 5:
+        plan = slice_plan(np.abs(p[-1] - p[0]).sum(0), view, n_slices)
+        strips = [(slice_title(w), np.take(p, w[1], axis=2 + w[0])) for w in plan]
     has_lines = bool(curves) or mvals is not None
-    fig = Figure(figsize=(1.9 * (len(idx) + 1) + 0.6, 4.6 if has_lines else 2.5), layout="constrained")
-    grid = fig.add_gridspec(2 if has_lines else 1, len(idx) + 1, height_ratios=[1, 1.1] if has_lines else [1])
-    for k, i in enumerate(idx):
-        ax = fig.add_subplot(grid[0, k])
-        frame = (p[i] - lo) / (hi - lo) if hi > lo else np.zeros_like(p[i])
-        if k == 0:
-            label = "input"
-        elif k == len(idx) - 1:
-            label = "end" if reached_boundary is None else ("on boundary" if reached_boundary else "stopped")
-        else:
-            label = "on the flow"
-        _image_axes(ax, _as_image(frame, "path"), f"{label}\ns = {s[i]:.2f}")
-    ax = fig.add_subplot(grid[0, len(idx)])
-    delta = _as_heat(p[-1] - p[0], "all", p.shape[2:], "path")
-    vmax = float(np.abs(delta).max()) or 1.0
-    h, w = delta.shape
-    im = ax.imshow(delta, cmap="RdBu_r", vmin=-vmax, vmax=vmax, extent=(0, w, h, 0), interpolation="nearest")
-    ax.set_title("end − input", fontsize=10)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    # An inset colour bar hugs the square image instead of the wider grid cell.
-    fig.colorbar(im, cax=ax.inset_axes([1.05, 0.05, 0.07, 0.9]))
+    rows = len(strips) + int(has_lines)
+    fig = Figure(figsize=(1.9 * (len(idx) + 1) + 0.6, 2.3 * len(strips) + (2.3 if has_lines else 0.2)),
+                 layout="constrained")
+    grid = fig.add_gridspec(rows, len(idx) + 1, height_ratios=[1] * len(strips) + [1.1] * int(has_lines))
+    for r, (where, frames) in enumerate(strips):
+        _frame_strip(fig, grid, r, frames, idx, s, reached_boundary, where, (lo, hi))
     if has_lines:
-        lax = fig.add_subplot(grid[1, :])
+        lax = fig.add_subplot(grid[len(strips), :])
         for name, values in curves.items():
             lax.plot(s, values, marker="." if t <= 40 else None, label=name)
         if curves:
@@ -118,6 +115,37 @@ def plot_flow(
                        frameon=False, ncol=min(5, len(handles)), borderaxespad=0.1)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def _frame_strip(
+    fig: Figure, grid: Any, row: int, p: np.ndarray, idx: np.ndarray, s: np.ndarray,
+    reached_boundary: Optional[bool], where: Optional[str], span: Tuple[float, float],
+) -> None:
+    """One row: frames ``idx`` of the 2-D path ``p`` (scaled by the whole path's ``span``),
+    then the change."""
+    lo, hi = span
+    for k, i in enumerate(idx):
+        ax = fig.add_subplot(grid[row, k])
+        if k == 0:
+            label = "input"
+        elif k == len(idx) - 1:
+            label = "end" if reached_boundary is None else ("on boundary" if reached_boundary else "stopped")
+        else:
+            label = "on the flow"
+        frame = (p[i] - lo) / (hi - lo) if hi > lo else np.zeros_like(p[i])
+        _image_axes(ax, _as_image(frame, "path"), f"{label}\ns = {s[i]:.2f}")
+        if k == 0 and where is not None:
+            ax.set_ylabel(where, fontsize=10)
+    ax = fig.add_subplot(grid[row, len(idx)])
+    delta = _as_heat(p[-1] - p[0], "all", p.shape[2:], "path")
+    vmax = float(np.abs(delta).max()) or 1.0
+    h, w = delta.shape
+    im = ax.imshow(delta, cmap="RdBu_r", vmin=-vmax, vmax=vmax, extent=(0, w, h, 0), interpolation="nearest")
+    ax.set_title("end − input", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    # An inset colour bar hugs the square image instead of the wider grid cell.
+    fig.colorbar(im, cax=ax.inset_axes([1.05, 0.05, 0.07, 0.9]))
 
 
 def _curves(alignment: Any, t: int) -> Dict[str, np.ndarray]:
