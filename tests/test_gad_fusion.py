@@ -94,3 +94,17 @@ def test_full_agreement_keeps_a_subset_of_the_base_top_q(seed, n_maps, channels,
     # each mask keeps ceil(q * P) locations (random maps have no ties), never the minimum
     expected = min(math.ceil(q * 30 - 1e-9), 29)
     assert (result.masks[0].flatten(1).sum(1) == expected).all()
+
+
+@pytest.mark.parametrize("spatial", [(9,), (5, 6), (4, 5, 6)])
+def test_fusion_on_signals_images_and_volumes(spatial):
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, 2, *spatial, generator=g) for _ in range(3)]
+    result = fuse_maps(maps, q=0.3)
+    assert result.attribution.shape == maps[0].shape
+    assert result.masks[0].shape == (2, 1, *spatial)
+    kept = result.attribution != 0
+    assert torch.equal(result.attribution[kept], maps[0][kept])
+    assert not (result.consistency & ~result.masks[0]).any()
+    expected = math.ceil(0.3 * math.prod(spatial) - 1e-9)
+    assert (result.masks[0].flatten(1).sum(1) == expected).all()
