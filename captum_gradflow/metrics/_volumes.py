@@ -305,12 +305,16 @@ def _sampled_overlap(
 
 
 def planes(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
-    """Distinct facet planes ``(F, 4)`` of component ``k``'s hull (Qhull splits a flat face
-    into triangles that share one plane), relative to its box, unit normals outwards."""
+    """Facet planes ``(F, 4)`` of component ``k``'s hull, relative to its box, unit normals
+    pointing out (``n . p + d <= 0`` inside). A box's six planes need no Qhull."""
     key = ("planes", k)
     if key not in hulls:
-        eq = hull_of(c, k, hulls).equations
-        hulls[key] = np.unique(eq.round(9), axis=0)
+        size = (c.hi[k] - c.lo[k] + 1).astype(np.float64)
+        if c.count[k] == np.prod(size):
+            eye = np.eye(3)
+            hulls[key] = np.c_[np.r_[eye, -eye], np.r_[-size, np.zeros(3)]]
+        else:
+            hulls[key] = hull_of(c, k, hulls).equations
     return hulls[key]
 
 
