@@ -12,10 +12,13 @@ known in closed form skip Qhull: a component that fills its bounding box is that
 voxels at offset ``v`` give the cube swept along ``v``, of volume ``1 + |v_z| + |v_y| + |v_x|``.
 
 Union. Hulls whose bounding boxes do not overlap are disjoint and their volumes add exactly.
-Where boxes overlap, the doubly counted volume is measured on the voxel grid: every voxel in
-a pairwise box intersection is supersampled with ``s^3`` points at the centres of its
-``s x s x s`` sub-voxels, and each point strictly inside ``m > 1`` hulls removes ``(m - 1) / s^3``.
-Hulls that only touch remove nothing, so the union of disjoint hulls stays exact.
+Of the pairs whose boxes overlap, a hull inside another is dropped with its exact volume and
+a pair split by a facet plane is disjoint (both exact). For the pairs left, the doubly
+counted volume is measured on the voxel grid: every voxel in such a pair's box intersection
+that a hull boundary cuts is supersampled with ``s^3`` points at the centres of its
+``s x s x s`` sub-voxels (voxels wholly inside or outside a hull count as whole), and each
+point strictly inside ``m > 1`` hulls removes ``(m - 1) / s^3``. Hulls that only touch
+remove nothing, so the union of disjoint hulls stays exact.
 """
 from __future__ import annotations
 
@@ -250,17 +253,7 @@ def _sampled_overlap(
         contested[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]] = True
     ex, vz, vy, vx = np.nonzero(contested)
     voxel = np.stack([vz, vy, vx], 1)
-    index = np.full(contested.shape, -1, dtype=np.int64)
-    index[ex, vz, vy, vx] = np.arange(len(ex))
-    # A point counted twice lies in some pair's box intersection: each hull is tested only
-    # on the intersections of its own pairs.
-    rows_of, hull_of_row = [], []
-    for e, l, u, ka, kb in zip(c.example[a], lo, hi, a, b):
-        r = index[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]].ravel()
-        rows_of += [r, r]
-        hull_of_row += [np.full(len(r), ka), np.full(len(r), kb)]
-    key = np.unique(np.concatenate(hull_of_row) * len(ex) + np.concatenate(rows_of))
-    owner, member = key // len(ex), key % len(ex)
+    owner, member = _pair_voxels(contested, ex, vz, vy, vx, a, b, lo, hi, c.example[a])
     bounds = np.r_[0, np.flatnonzero(np.diff(owner)) + 1, len(owner)]
     # Pass 1, whole voxels: inside a hull by more than the voxel's reach, outside it, or cut
     # by its boundary. Only voxels that two hulls may share and one boundary cuts are sampled.
@@ -302,6 +295,26 @@ def _sampled_overlap(
     extra[need] = np.maximum(hits - 1, 0).sum(1) / float(s ** 3)
     np.add.at(correction, ex, -extra)
     return correction
+
+
+def _pair_voxels(
+    contested: np.ndarray, ex: np.ndarray, vz: np.ndarray, vy: np.ndarray, vx: np.ndarray,
+    a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, example: np.ndarray,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """``(hull, contested voxel)`` pairs, sorted by hull: the voxels of each hull's pair boxes.
+
+    A point counted twice lies in some pair's box intersection, so each hull is tested only
+    on the intersections of its own pairs.
+    """
+    index = np.full(contested.shape, -1, dtype=np.int64)
+    index[ex, vz, vy, vx] = np.arange(len(ex))
+    rows_of, hull_of_row = [], []
+    for e, l, u, ka, kb in zip(example, lo, hi, a, b):
+        r = index[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]].ravel()
+        rows_of += [r, r]
+        hull_of_row += [np.full(len(r), ka), np.full(len(r), kb)]
+    key = np.unique(np.concatenate(hull_of_row) * len(ex) + np.concatenate(rows_of))
+    return key // len(ex), key % len(ex)
 
 
 def planes(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:

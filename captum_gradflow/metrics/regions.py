@@ -1,4 +1,5 @@
-"""Attribution regions: convex hulls of the connected components of a map's top pixels (DESIGN 4).
+"""Attribution regions: convex hulls of the connected components of a map's top pixels
+(docs/definitions.md, section 4); volumes are in ``volume_regions``.
 
 A region is the convex hull of one connected component of the kept pixels, where pixel
 ``(r, c)`` is the unit square ``[c, c + 1] x [r, r + 1]`` (x = column, y = row). A single pixel
