@@ -96,8 +96,8 @@ def _rc_rows(quick: bool, device: str, model_name: str) -> List[Dict[str, object
     rows = [row(
         "region_complexity_3d_vs_naive", ours, naive, 0.1, model_name, n, RC3_SIZE, device,
         note=(f"{n} map pairs of {RC3_SIZE}^3; mean regions base "
-              f"{rc.reference_n_regions.float().mean():.0f}, GAD {rc.n_regions.float().mean():.0f}; "
-              f"mean RC {rc.mean():.3f}"),
+              f"{rc.reference_n_regions.float().mean():.0f}, "
+              f"GAD {rc.n_regions.float().mean():.0f}; mean RC {rc.mean():.3f}"),
     )]
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(RC_MAPS, 1, RC_SIZE, RC_SIZE, generator=g).abs()

@@ -24,8 +24,8 @@ class Lesions:
     """Synthetic lesion images (or volumes) with their masks, labels and true lesion parameters.
 
     ``params`` holds, per image, ``brightness`` (lesion intensity), ``extent`` (mean
-    semi-axis in pixels), ``aspect`` (log ratio of the largest to the smallest semi-axis) and ``score`` (the rule's
-    value, thresholded into ``labels``).
+    semi-axis in pixels), ``aspect`` (log ratio of the largest to the smallest semi-axis) and
+    ``score`` (the rule's value, thresholded into ``labels``).
     """
 
     images: Tensor

@@ -88,7 +88,8 @@ def reduce_channels(attr: Tensor, reduce: Reduce = "sum_abs", keepdim: bool = Fa
     check_reduce(reduce)
     if attr.dim() < 2:
         raise ValueError(
-            f"an attribution map needs a batch and at least one more dimension, got {tuple(attr.shape)}"
+            "an attribution map needs a batch and at least one more dimension, got "
+            f"{tuple(attr.shape)}"
         )
     flat = attr.dim() == 2
     a = attr.unsqueeze(1) if flat else attr
@@ -181,7 +182,8 @@ def top_q_mask(r: Tensor, q: float = 0.2, threshold: Optional[float] = None) -> 
         mask = torch.from_numpy(top_k_numpy(flat.numpy(), max(1, math.ceil(q * p - 1e-9))))
     else:
         k = max(1, math.ceil(q * p - 1e-9))
-        cut = torch.kthvalue(torch.nan_to_num(flat, nan=-math.inf), p - k + 1, dim=1, keepdim=True).values
+        ranked = torch.nan_to_num(flat, nan=-math.inf)
+        cut = torch.kthvalue(ranked, p - k + 1, dim=1, keepdim=True).values
         mask = (flat >= cut) & (flat > 0)
     if not bool(finite.all()):
         mask &= finite[:, None]

@@ -213,7 +213,8 @@ class CubeModel(nn.Module):
         self.norm = nn.BatchNorm3d(1)
 
     def forward(self, x):
-        s = self.norm(x)[..., 2:6, 2:6, 2:6].flatten(1).sum(1) + x[..., 2:6, 2:6, 2:6].flatten(1).sum(1)
+        block = (..., slice(2, 6), slice(2, 6), slice(2, 6))
+        s = self.norm(x)[block].flatten(1).sum(1) + x[block].flatten(1).sum(1)
         return torch.stack([s, -s], 1)
 
 

@@ -9,7 +9,7 @@ import torch
 from scipy.spatial import ConvexHull
 
 from captum_gradflow.metrics import VolumeRegions, attribution_regions, region_complexity
-from captum_gradflow.metrics._volumes import plane_section
+from captum_gradflow.visualization.volumes import plane_section
 
 CORNERS = np.array(list(itertools.product((0, 1), repeat=3)))
 
@@ -156,9 +156,10 @@ def test_closed_forms_and_qhull_agree_with_all_corners_on_random_components():
     seen = set()
     for trial in range(12):
         kept = rng.random((9, 9, 9)) < (0.08 if trial % 2 else 0.3)
-        r = attribution_regions(torch.from_numpy(kept[None, None].astype(np.float64)), threshold=0.0)
+        r = attribution_regions(torch.from_numpy(kept[None, None] * 1.0), threshold=0.0)
         labels = label(kept, connectivity=3)
-        expected = sorted(brute_hull_volume(np.argwhere(labels == k)) for k in range(1, labels.max() + 1))
+        ks = range(1, labels.max() + 1)
+        expected = sorted(brute_hull_volume(np.argwhere(labels == k)) for k in ks)
         assert np.allclose(sorted(r.volumes[0].tolist()), expected, atol=1e-9)
         seen.update(np.bincount(labels.ravel())[1:].clip(max=5).tolist())
     assert {1, 2, 3, 4, 5} <= seen  # every closed form and Qhull were exercised

@@ -71,7 +71,8 @@ def _mask(
         if mask.dim() != k + 1:
             axes = "D, H, W" if k == 3 else "H, W"
             raise ValueError(
-                f"{name}: a bool mask must be (N, {axes}) or (N, 1, {axes}), got {tuple(entry.shape)}"
+                f"{name}: a bool mask must be (N, {axes}) or (N, 1, {axes}), got "
+                f"{tuple(entry.shape)}"
             )
     elif isinstance(entry, Tensor):
         if entry.dim() >= 3 and tuple(entry.shape[-k:]) != spatial:

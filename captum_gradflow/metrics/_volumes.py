@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
-from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial import ConvexHull
 
 I64 = np.int64
 _EPS = 1e-9
@@ -206,7 +206,9 @@ def overlap_corrections(
     np.add.at(correction, c.example[swallowed], -volume[swallowed])
     left = ~inside & ~apart & ~swallowed[big] & ~swallowed[small]
     if left.any():
-        correction += _sampled_overlap(c, big[left], small[left], n_examples, depth, shape, s, hulls)
+        correction += _sampled_overlap(
+            c, big[left], small[left], n_examples, depth, shape, s, hulls
+        )
     return correction
 
 
@@ -231,11 +233,30 @@ def _classify_pairs(
         box_pts = (c.lo[partners][:, None] + _CORNERS[None] * (c.hi - c.lo + 1)[partners][:, None])
         dist = (box_pts - c.lo[k]).reshape(-1, 3) @ eq[:, :3].T + eq[:, 3]
         inside[rows] = np.all(dist.reshape(len(rows), 8, -1) <= _EPS, axis=(1, 2))
-        for r in rows[~inside[rows]]:
+        rest = rows[~inside[rows]]
+        few = c.count[small[rest]] <= 16  # all corners, at once; larger ones filtered first
+        if few.any():
+            inside[rest[few]], apart[rest[few]] = _corners_against(c, small[rest[few]], eq, c.lo[k])
+        for r in rest[~few]:
             pts = candidate_points(c, int(small[r])) + c.lo[small[r]] - c.lo[k]
             d = pts @ eq[:, :3].T + eq[:, 3]
             inside[r] = bool(np.all(d <= _EPS))
             apart[r] = bool(np.any(np.all(d >= -_EPS, axis=0)))
+    return inside, apart
+
+
+def _corners_against(
+    c: VoxelComponents, comps: np.ndarray, eq: np.ndarray, origin: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Per component: all its cube corners inside the planes ``eq``; all outside one plane."""
+    count = c.count[comps]
+    first = c.start[comps] - np.r_[0, np.cumsum(count)[:-1]]
+    voxel = np.repeat(first, count) + np.arange(count.sum())
+    pts = np.stack([c.z[voxel], c.y[voxel], c.x[voxel]], 1) - origin
+    d = ((pts[:, None, :] + _CORNERS[None]).reshape(-1, 3)) @ eq[:, :3].T + eq[:, 3]
+    starts = np.r_[0, np.cumsum(8 * count)[:-1]]
+    inside = np.logical_and.reduceat(np.all(d <= _EPS, axis=1), starts)
+    apart = np.logical_and.reduceat(d >= -_EPS, starts, axis=0).any(axis=1)
     return inside, apart
 
 
@@ -373,30 +394,3 @@ def hull_vertices(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
         return (_CORNERS * size + c.lo[k]).astype(np.float64)
     hull = hull_of(c, k, hulls)
     return hull.points[hull.vertices] + c.lo[k]
-
-
-def plane_section(vertices: np.ndarray, axis: int, at: float) -> List[np.ndarray]:
-    """The cross-section of a convex hull with the plane ``coordinate[axis] == at``.
-
-    Returns ``[]`` where the plane misses it, else one ``(M, 2)`` closed ring in the other two
-    coordinates (order kept): the convex hull of where the segments between vertex pairs cross
-    the plane (these include every hull edge's crossing, so their hull is the section).
-    """
-    side = vertices[:, axis] - at
-    below, above = vertices[side < 0], vertices[side > 0]
-    on = vertices[side == 0]
-    if len(below) == 0 and len(on) == 0 or len(above) == 0 and len(on) == 0:
-        return []
-    p, q = below[:, None, :], above[None, :, :]
-    t = (at - p[..., axis]) / (q[..., axis] - p[..., axis])
-    cross = (p + t[..., None] * (q - p)).reshape(-1, 3)
-    keep = [a for a in range(3) if a != axis]
-    pts = np.unique(np.concatenate([cross, on])[:, keep].round(12), axis=0)
-    if len(pts) < 3:
-        return [np.concatenate([pts, pts[:1]])] if len(pts) else []
-    try:
-        ring = ConvexHull(pts).vertices  # counter-clockwise in 2-D
-    except QhullError:  # collinear points (a plane through an edge): the segment itself
-        ends = pts[[np.argmin(pts[:, 0] + pts[:, 1]), np.argmax(pts[:, 0] + pts[:, 1])]]
-        return [np.concatenate([ends, ends[:1]])]
-    return [np.concatenate([pts[ring], pts[ring[:1]]])]

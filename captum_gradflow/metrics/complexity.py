@@ -1,9 +1,10 @@
 """Region complexity (RC): how much smaller an explanation's regions are than a reference's.
 
 RC = area of the union of the convex-hull regions of ``attr`` / that of ``reference``
-(docs/definitions.md, section 4); for volumes it is a volume ratio. Comparing a GAD map with its base method's map, RC < 1 means GAD narrowed the
-explanation. Areas are exact polygon areas, volumes exact hull volumes with overlaps measured
-on the voxel grid (see :func:`attribution_regions`).
+(docs/definitions.md, section 4); for volumes it is a volume ratio. Comparing a GAD map with
+its base method's map, RC < 1 means GAD narrowed the explanation. Areas are exact polygon
+areas, volumes exact hull volumes with overlaps measured on the voxel grid (see
+:func:`attribution_regions`).
 """
 from __future__ import annotations
 

@@ -272,7 +272,7 @@ def as_map_tensor(attr: MapsLike, name: str = "attr") -> Tensor:
 
 
 def reduced_maps(attr: MapsLike, reduce: Reduce, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Channel-reduced ``(N, *spatial)`` numpy maps, checked finite (written to ``out`` if given)."""
+    """Channel-reduced ``(N, *spatial)`` numpy maps, checked finite (into ``out`` if given)."""
     check_reduce(reduce)
     maps = reduce_channels_numpy(as_map_tensor(attr), reduce, out=out)
     if not np.isfinite(maps.sum(dtype=np.float64)):  # one cheap pass; details only if needed

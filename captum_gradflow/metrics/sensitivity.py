@@ -1,8 +1,9 @@
 """Region sensitivity (RS): how much the model's score drops when a region is occluded.
 
 RS = (score(x) - score(x with the region filled by the baseline)) / occluded fraction of the
-image or volume (docs/definitions.md, section 4). The paper's claim to check is ``RS(GAD regions) > RS(base regions minus
-GAD regions)``: what GAD kept matters more, per pixel, than what it dropped;
+image or volume (docs/definitions.md, section 4). The paper's claim to check is
+``RS(GAD regions) > RS(base regions minus GAD regions)``: what GAD kept matters more, per
+pixel, than what it dropped;
 :func:`compare_region_sensitivity` measures it per example with a one-sided paired test.
 
 Signatures follow :func:`captum.metrics.infidelity`. All occlusions and the clean inputs go
@@ -187,10 +188,10 @@ def compare_region_sensitivity(
 ) -> RegionSensitivityComparison:
     r"""RS of the GAD regions against RS of the base regions minus the GAD regions.
 
-    The paper's claim (docs/definitions.md, section 4) is ``RS(GAD) > RS(base \ GAD)``: per occluded pixel, what
-    GAD kept moves the score more than what it dropped. Both occlusions and the clean
-    inputs share the batched forward passes. Reported: both RS per example, the fraction of
-    examples where GAD wins, and a paired Wilcoxon signed-rank test of ``gad - rest``
+    The paper's claim (docs/definitions.md, section 4) is ``RS(GAD) > RS(base \ GAD)``: per
+    occluded pixel, what GAD kept moves the score more than what it dropped. Both occlusions
+    and the clean inputs share the batched forward passes. Reported: both RS per example, the
+    fraction of examples where GAD wins, and a paired Wilcoxon signed-rank test of ``gad - rest``
     (one-sided, ``alternative="greater"`` by default; scipy).
 
     Args:

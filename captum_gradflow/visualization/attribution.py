@@ -183,7 +183,8 @@ def _volume_rows(
         hb = volume_heat(b[i], sign, vol.shape[:3], "base")
         hg = volume_heat(g[i], sign, vol.shape[:3], "gad")
         for where in slice_plan(hb, view, n_slices):
-            label = slice_title(where) if row_labels is None else f"{row_labels[i]}, {slice_title(where)}"
+            label = slice_title(where)
+            label = label if row_labels is None else f"{row_labels[i]}, {label}"
             rows.append((take_slice(vol, where), take_slice(hb, where), take_slice(hg, where),
                          hull_sections(hb_all[i], where), hull_sections(hg_all[i], where), label))
     return rows

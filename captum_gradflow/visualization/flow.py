@@ -62,7 +62,8 @@ def plot_flow(
         p = p[:, None]
     if p.ndim not in (4, 5) or p.shape[0] < 2:
         raise ValueError(
-            f"path must have shape (T, C, H, W), (T, H, W) or (T, C, D, H, W) with T >= 2, got {p.shape}"
+            "path must have shape (T, C, H, W), (T, H, W) or (T, C, D, H, W) with T >= 2, got "
+            f"{p.shape}"
         )
     t = p.shape[0]
     s = np.arange(t, dtype=float) if arc_length is None else _numpy(arc_length, "arc_length").ravel()
@@ -86,9 +87,10 @@ def plot_flow(
         strips = [(slice_title(w), np.take(p, w[1], axis=2 + w[0])) for w in plan]
     has_lines = bool(curves) or mvals is not None
     rows = len(strips) + int(has_lines)
-    fig = Figure(figsize=(1.9 * (len(idx) + 1) + 0.6, 2.3 * len(strips) + (2.3 if has_lines else 0.2)),
-                 layout="constrained")
-    grid = fig.add_gridspec(rows, len(idx) + 1, height_ratios=[1] * len(strips) + [1.1] * int(has_lines))
+    height = 2.3 * len(strips) + (2.3 if has_lines else 0.2)
+    fig = Figure(figsize=(1.9 * (len(idx) + 1) + 0.6, height), layout="constrained")
+    ratios = [1] * len(strips) + [1.1] * int(has_lines)
+    grid = fig.add_gridspec(rows, len(idx) + 1, height_ratios=ratios)
     for r, (where, frames) in enumerate(strips):
         _frame_strip(fig, grid, r, frames, idx, s, reached_boundary, where, (lo, hi))
     if has_lines:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy.spatial import ConvexHull, QhullError
 
-from captum_gradflow.metrics._volumes import plane_section
 from captum_gradflow.visualization._common import _SIGNS, _numpy
 
 __all__ = ["VIEWS", "Slice", "is_volume", "volume_image", "volume_heat", "slice_plan",
-           "take_slice", "hull_sections", "hull_lists"]
+           "take_slice", "hull_sections", "hull_lists", "plane_section"]
 
 VIEWS = ("orthogonal", "montage")
 Slice = Tuple[int, int]  # (axis of the volume: 0 = depth z, 1 = y, 2 = x; index)
@@ -33,7 +33,9 @@ def is_volume(a: np.ndarray) -> bool:
 def _channels_first(a: np.ndarray, name: str) -> np.ndarray:
     a = a[0] if a.ndim == 5 else a
     if a.ndim != 4:
-        raise ValueError(f"{name} must be one volume (C, D, H, W) or (1, C, D, H, W), got {a.shape}")
+        raise ValueError(
+            f"{name} must be one volume (C, D, H, W) or (1, C, D, H, W), got {a.shape}"
+        )
     return a
 
 
@@ -106,7 +108,36 @@ def hull_sections(hulls: Optional[Sequence[np.ndarray]], where: Slice) -> List[n
     rings = []
     for vertices in hulls:
         if vertices.ndim != 2 or vertices.shape[1] != 3:
-            raise ValueError(f"a volume hull must be (V, 3) vertices (z, y, x), got {vertices.shape}")
+            raise ValueError(
+                f"a volume hull must be (V, 3) vertices (z, y, x), got {vertices.shape}"
+            )
         # the other two coordinates come (row, column) in order: drawn as (column, row)
         rings += [ring[:, ::-1] for ring in plane_section(vertices, axis, index + 0.5)]
     return rings
+
+
+def plane_section(vertices: np.ndarray, axis: int, at: float) -> List[np.ndarray]:
+    """The cross-section of a convex hull with the plane ``coordinate[axis] == at``.
+
+    Returns ``[]`` where the plane misses it, else one ``(M, 2)`` closed ring in the other two
+    coordinates (order kept): the convex hull of where the segments between vertex pairs cross
+    the plane (these include every hull edge's crossing, so their hull is the section).
+    """
+    side = vertices[:, axis] - at
+    below, above = vertices[side < 0], vertices[side > 0]
+    on = vertices[side == 0]
+    if len(below) == 0 and len(on) == 0 or len(above) == 0 and len(on) == 0:
+        return []
+    p, q = below[:, None, :], above[None, :, :]
+    t = (at - p[..., axis]) / (q[..., axis] - p[..., axis])
+    cross = (p + t[..., None] * (q - p)).reshape(-1, 3)
+    keep = [a for a in range(3) if a != axis]
+    pts = np.unique(np.concatenate([cross, on])[:, keep].round(12), axis=0)
+    if len(pts) < 3:
+        return [np.concatenate([pts, pts[:1]])] if len(pts) else []
+    try:
+        ring = ConvexHull(pts).vertices  # counter-clockwise in 2-D
+    except QhullError:  # collinear points (a plane through an edge): the segment itself
+        ends = pts[[np.argmin(pts[:, 0] + pts[:, 1]), np.argmax(pts[:, 0] + pts[:, 1])]]
+        return [np.concatenate([ends, ends[:1]])]
+    return [np.concatenate([pts[ring], pts[ring[:1]]])]
