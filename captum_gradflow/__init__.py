@@ -4,7 +4,13 @@ Public names only; each lives in the module named after it.
 """
 from captum_gradflow.adapters import ZennitAttribution, quantus_explain
 from captum_gradflow.alignment import FeatureAlignment
-from captum_gradflow.datasets import DigitsSplit, Lesions, digits_pair, synthetic_lesions
+from captum_gradflow.datasets import (
+    DigitsSplit,
+    Lesions,
+    digits_pair,
+    synthetic_lesions,
+    synthetic_lesions_3d,
+)
 from captum_gradflow.gad import GADConfig, GADWrapper, gad_sweep
 from captum_gradflow.features import (
     Brightness,
@@ -21,15 +27,16 @@ from captum_gradflow.metrics import (
     Regions,
     RegionSensitivity,
     RegionSensitivityComparison,
+    VolumeRegions,
     attribution_regions,
     compare_region_sensitivity,
     region_complexity,
     region_sensitivity,
 )
-from captum_gradflow.models import SmallCNN
+from captum_gradflow.models import SmallCNN, SmallCNN3d
 from captum_gradflow.noise import NoiseComparison, NoiseSet, make_noise
 from captum_gradflow.regularizer import AlignmentRegularizer, alignment_penalty
-from captum_gradflow.sweep_figure import plot_gad_sweep
+from captum_gradflow.visualization import plot_gad_sweep
 from captum_gradflow.training import TrainHistory, balanced_accuracy, predict, train_classifier
 
 __version__ = "0.1.0"
@@ -56,7 +63,9 @@ __all__ = [
     "RegionSensitivityComparison",
     "Regions",
     "SmallCNN",
+    "SmallCNN3d",
     "TrainHistory",
+    "VolumeRegions",
     "ZennitAttribution",
     "balanced_accuracy",
     "predict",
@@ -73,4 +82,5 @@ __all__ = [
     "region_complexity",
     "region_sensitivity",
     "synthetic_lesions",
+    "synthetic_lesions_3d",
 ]

@@ -158,7 +158,7 @@ def main(argv: List[str] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from captum_gradflow.sweep_figure import plot_gad_sweep
+    from captum_gradflow.visualization import plot_gad_sweep
 
     fig = plot_gad_sweep(table, highlight={"stage": "final", **{k: best[k] for k in SETTING}})
     fig.savefig(PNG, dpi=110, bbox_inches="tight")

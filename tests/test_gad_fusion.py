@@ -13,13 +13,15 @@ from captum_gradflow.gad import consistency_mask, fuse_maps, normalize_per_examp
 
 def test_reduce_channels_variants():
     a = torch.tensor([[[[1.0, -2.0]], [[-3.0, 1.0]]]])  # (1, 2, 1, 2)
-    assert reduce_channels(a).tolist() == [[[[4.0, 3.0]]]]
-    assert reduce_channels(a, "abs_sum").tolist() == [[[[2.0, 1.0]]]]
-    assert reduce_channels(a, "sum").tolist() == [[[[-2.0, -1.0]]]]
-    assert reduce_channels(a, "max_abs").tolist() == [[[[3.0, 2.0]]]]
+    # one function for fusion and the region metrics: (N, C, *S) -> (N, *S), or keepdim
+    assert reduce_channels(a).tolist() == [[[4.0, 3.0]]]
+    assert reduce_channels(a, keepdim=True).tolist() == [[[[4.0, 3.0]]]]
+    assert reduce_channels(a, "abs_sum", keepdim=True).tolist() == [[[[2.0, 1.0]]]]
+    assert reduce_channels(a, "sum", keepdim=True).tolist() == [[[[-2.0, -1.0]]]]
+    assert reduce_channels(a, "max_abs", keepdim=True).tolist() == [[[[3.0, 2.0]]]]
     flat = torch.tensor([[1.0, -5.0, 2.0]])
     assert reduce_channels(flat).tolist() == [[1.0, 5.0, 2.0]]
-    custom = reduce_channels(a, lambda t: t[:, :1].abs())
+    custom = reduce_channels(a, lambda t: t[:, :1].abs(), keepdim=True)
     assert custom.tolist() == [[[[1.0, 2.0]]]]
     with pytest.raises(ValueError, match="reduce returned"):
         reduce_channels(a, lambda t: t.sum())
@@ -91,4 +93,18 @@ def test_full_agreement_keeps_a_subset_of_the_base_top_q(seed, n_maps, channels,
     assert torch.equal(result.attribution[kept], maps[0][kept])
     # each mask keeps ceil(q * P) locations (random maps have no ties), never the minimum
     expected = min(math.ceil(q * 30 - 1e-9), 29)
+    assert (result.masks[0].flatten(1).sum(1) == expected).all()
+
+
+@pytest.mark.parametrize("spatial", [(9,), (5, 6), (4, 5, 6)])
+def test_fusion_on_signals_images_and_volumes(spatial):
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, 2, *spatial, generator=g) for _ in range(3)]
+    result = fuse_maps(maps, q=0.3)
+    assert result.attribution.shape == maps[0].shape
+    assert result.masks[0].shape == (2, 1, *spatial)
+    kept = result.attribution != 0
+    assert torch.equal(result.attribution[kept], maps[0][kept])
+    assert not (result.consistency & ~result.masks[0]).any()
+    expected = math.ceil(0.3 * math.prod(spatial) - 1e-9)
     assert (result.masks[0].flatten(1).sum(1) == expected).all()

@@ -9,7 +9,7 @@ from captum.attr import InputXGradient, Saliency
 
 from captum_gradflow import GADWrapper, SmallCNN, digits_pair, train_classifier
 from captum_gradflow.gad import GADConfig, evaluate_gad, gad_sweep
-from captum_gradflow.sweep_figure import plot_gad_sweep
+from captum_gradflow.visualization import plot_gad_sweep
 
 matplotlib.use("Agg")
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")

@@ -203,3 +203,60 @@ def test_bad_input_raises_clear_errors_and_changes_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(x, images())  # inputs untouched by the failed calls
+
+
+class CubeModel(nn.Module):
+    """Logit 0 is the sum over the 4x4x4 block at 2..5 of a volume; BatchNorm for the guard."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm3d(1)
+
+    def forward(self, x):
+        block = (..., slice(2, 6), slice(2, 6), slice(2, 6))
+        s = self.norm(x)[block].flatten(1).sum(1) + x[block].flatten(1).sum(1)
+        return torch.stack([s, -s], 1)
+
+
+def volumes(n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 10, 10, 10, generator=g)
+    x[..., 2:6, 2:6, 2:6] += 1.0
+    return x
+
+
+def test_region_sensitivity_occludes_voxels():
+    model, x = CubeModel().eval(), volumes()
+    mask = torch.zeros(5, 10, 10, 10, dtype=torch.bool)
+    mask[:, 2:6, 2:6, 2:6] = True
+    details = region_sensitivity(model, x, mask, target=0, return_details=True)
+    assert torch.allclose(details.fraction, torch.full((5,), 64 / 1000, dtype=torch.float64))
+    # the block is replaced by each example's mean: the score drops by the block's excess
+    mean = x.mean(dim=(2, 3, 4), keepdim=True)
+    occluded = torch.where(mask[:, None], mean, x)
+    margin = lambda out: out[:, 0] - out[:, 1]  # noqa: E731
+    expected = (margin(model(x)) - margin(model(occluded))).double() / (64 / 1000)
+    assert torch.allclose(details.values, expected.detach(), rtol=1e-5)
+    attr = mask[:, None].float()
+    via_regions = region_sensitivity(model, x, attribution_regions(attr, q=1.0), target=0)
+    via_maps = region_sensitivity(model, x, attr, target=0, region_kwargs={"q": 1.0})
+    assert torch.allclose(via_regions, details.values) and torch.allclose(via_maps, details.values)
+    with pytest.raises(ValueError, match="do not match"):
+        region_sensitivity(model, x, mask[:, :5], target=0)
+
+
+def test_compare_region_sensitivity_on_volumes_and_the_guard():
+    model, x = CubeModel().train(), volumes(6)
+    stats = model.norm.running_mean.clone()
+    base = torch.zeros(6, 1, 10, 10, 10)
+    base[..., 2:8] = 1.0  # the used block and more
+    gad = base.clone()
+    gad[..., 6:, :, :] = 0.0
+    gad[..., :, 6:, :] = 0.0
+    gad[..., :, :, 6:] = 0.0
+    with pytest.warns(UserWarning, match="train mode"):
+        result = compare_region_sensitivity(model, x, gad, base, target=0, region_kwargs={"q": 1.0})
+    assert result.n_pairs == 6 and result.gad_wins == 1.0
+    assert model.training and torch.equal(model.norm.running_mean, stats)
+    with pytest.raises(ValueError, match="empty batch"):
+        compare_region_sensitivity(model, x[:0], gad[:0], base[:0], target=0)

@@ -169,3 +169,58 @@ def test_alignment_bars_array_input_and_errors():
         plot_alignment_vs_noise(np.random.rand(10, 3), np.random.rand(10, 4), p_values=[0.1])
     with pytest.raises(TypeError, match="Figure"):
         save_figure("not a figure", "x.png")
+
+
+# -- volumes ---------------------------------------------------------------------------------
+def _volume_case():
+    from captum_gradflow.metrics import attribution_regions
+
+    x = torch.rand(2, 1, 10, 12, 14, generator=torch.Generator().manual_seed(0))
+    attr = torch.zeros(2, 1, 10, 12, 14)
+    attr[:, :, 2:5, 3:7, 4:9] = 1.0  # a box of 3 x 4 x 5 voxels
+    attr[:, :, 3, 5, 6] = 2.0  # the maximum, inside the box
+    return x, attr, attribution_regions(attr, threshold=0.0)
+
+
+def test_volume_attribution_orthogonal_slices_with_hull_sections(tmp_path):
+    x, attr, regions = _volume_case()
+    fig = plot_attribution(x[0], attr[0], polygons=regions.hulls[0], title="sal")
+    assert len(fig.axes) == 3 + 1  # three slices and the colour bar
+    assert [a.get_title() for a in fig.axes[:3]] == ["sal: z = 3", "sal: y = 5", "sal: x = 6"]
+    outlines = [_patches(a) for a in fig.axes[:3]]
+    assert all(len(p) == 1 for p in outlines)
+    # the box's cross-section at z = 3.5 is the rectangle of columns 4..9 and rows 3..7
+    ring = outlines[0][0].get_xy()
+    assert ring[:, 0].min() == 4 and ring[:, 0].max() == 9
+    assert ring[:, 1].min() == 3 and ring[:, 1].max() == 7
+    # the y slice shows (x = column, z = row)
+    ring = outlines[1][0].get_xy()
+    assert ring[:, 0].min() == 4 and ring[:, 0].max() == 9 and ring[:, 1].max() == 5
+    assert _is_png(save_figure(fig, tmp_path / "vol.png"))
+
+
+def test_volume_montage_misses_the_hull_where_slices_do_not_cut_it():
+    x, attr, regions = _volume_case()
+    fig = plot_attribution(x[:1], attr[:1], polygons=regions.hulls[0], view="montage", n_slices=5)
+    titles = [a.get_title() for a in fig.axes[:-1]]
+    assert titles == [f"attribution: z = {z}" for z in (0, 2, 4, 7, 9)]
+    assert [len(_patches(a)) for a in fig.axes[:-1]] == [0, 1, 1, 0, 0]
+    with pytest.raises(ValueError, match="view must be one of"):
+        plot_attribution(x[0], attr[0], view="sideways")
+    with pytest.raises(ValueError, match="several slices"):
+        plot_attribution(x[0], attr[0], ax=Figure().add_subplot())
+
+
+def test_volume_gad_comparison_and_flow():
+    x, attr, regions = _volume_case()
+    gad = attr * (attr > 1)
+    fig = plot_gad_comparison(x, attr, gad, base_polygons=regions, gad_polygons=regions,
+                              row_labels=["a", "b"])
+    assert len(fig.axes) == 2 * 3 * 3 + 2 * 3  # 3 slices x 2 volumes, each a row of 3 + bar
+    assert fig.axes[0].get_ylabel() == "a, z = 3"
+    assert len(_patches(fig.axes[1])) == 1
+    path = torch.stack([x[0] + 0.1 * k * attr[0] for k in range(6)])
+    fig = plot_flow(path, torch.linspace(0, 1, 6), {"brightness": torch.rand(6)}, n_frames=3)
+    assert len(fig.axes) == 3 * 4 + 1  # three strips of 3 frames and the change, the lines
+    with pytest.raises(ValueError, match="base_polygons has 1 entries"):
+        plot_gad_comparison(x, attr, gad, base_polygons=[[]])

@@ -10,18 +10,12 @@ evidence behind its defaults.
 """
 from captum_gradflow.gad.config import GADConfig
 from captum_gradflow.gad.distancing import DistancingPlan, default_alphas, make_plan
-from captum_gradflow.gad.fusion import (
-    FusionResult,
-    consistency_mask,
-    fuse_maps,
-    normalize_per_example,
-    reduce_channels,
-    top_q_mask,
-)
+from captum_gradflow.gad.fusion import FusionResult, consistency_mask, fuse_maps
 from captum_gradflow.gad.support import make_support_models, rebind, train_support_model
 from captum_gradflow.gad.wrapper import GADComponents, GADWrapper
 from captum_gradflow.gad.persistence import model_digest, tensor_digest
 from captum_gradflow.gad.sweep import evaluate_gad, gad_sweep
+from captum_gradflow.maps import normalize_per_example, reduce_channels, top_q_mask
 
 __all__ = [
     "DistancingPlan",

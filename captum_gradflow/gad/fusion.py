@@ -1,7 +1,8 @@
-"""Fusion of the original and support-model maps (DESIGN 3.3, Algorithm 2).
+"""Fusion of the original and support-model maps (docs/definitions.md, section 3.3, Algorithm 2).
 
 Each map is reduced over channels, normalised to [0, 1] per example and binarised to its top
-``q`` fraction (``B_t``). The consistency mask ``C = [sum_t B_t >= agreement * (T + 1)]``
+``q`` fraction (``B_t``), with the map toolkit (:mod:`captum_gradflow.maps`) that the region
+metrics use too. The consistency mask ``C = [sum_t B_t >= agreement * (T + 1)]``
 keeps what the maps agree on, and the GAD attribution is ``A_0 * C``: the base map, same
 shape and sign, with the inconsistent part set to zero.
 """
@@ -9,124 +10,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple, Union
+from typing import List, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = [
-    "REDUCTIONS",
-    "FusionResult",
-    "check_fusion_args",
-    "reduce_channels",
-    "normalize_per_example",
-    "top_q_mask",
-    "consistency_mask",
-    "fuse_maps",
-]
+from captum_gradflow.maps import Reduce, TopQ, check_q, check_reduce, reduce_channels, top_q_mask
 
-Reduce = Union[str, Callable[[Tensor], Tensor]]
-
-# name -> function of a (N, C, ...) tensor giving (N, 1, ...)
-REDUCTIONS = {
-    "sum_abs": lambda a: a.abs().sum(dim=1, keepdim=True),
-    "abs_sum": lambda a: a.sum(dim=1, keepdim=True).abs(),
-    "sum": lambda a: a.sum(dim=1, keepdim=True),
-    "max_abs": lambda a: a.abs().amax(dim=1, keepdim=True),
-}
+__all__ = ["FusionResult", "binarise", "check_fusion_args", "consistency_mask", "fuse_maps"]
 
 
 def check_fusion_args(q: float, agreement: float, reduce: Reduce) -> None:
     """Raise a clear error for a ``q``, ``agreement`` or ``reduce`` that fusion cannot use."""
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
-        raise ValueError(f"q is the fraction of pixels kept per map and must be in (0, 1], got {q!r}")
+    check_q(q, "q is the fraction of pixels kept per map")
     if isinstance(agreement, bool) or not isinstance(agreement, (int, float)) or not 0 < agreement <= 1:
         raise ValueError(f"agreement must be in (0, 1], got {agreement!r}")
-    if not callable(reduce) and reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {sorted(REDUCTIONS)} or a callable, got {reduce!r}")
+    check_reduce(reduce)
 
 
-def reduce_channels(attr: Tensor, reduce: Reduce = "sum_abs") -> Tensor:
-    """One importance value per location: ``(N, C, *S) -> (N, 1, *S)``.
+def binarise(attr: Tensor, q: float = 0.2, reduce: Reduce = "sum_abs") -> TopQ:
+    """``B_t`` of one map: reduce channels, normalise to [0, 1], keep the top ``q`` fraction.
 
-    A 2-D map ``(N, D)`` has no channel dimension: each entry is its own location (``sum_abs``
-    is then ``abs``). A callable ``reduce`` receives the map and must return a tensor that
-    broadcasts against it with ``N`` rows.
+    The normalisation is a shift by the minimum followed by a positive scale, and the scale
+    does not change which locations are selected, so only the shift is done: the minimum
+    becomes exactly 0 and is therefore never kept; a constant or non-finite map keeps nothing.
+    The mask keeps a channel axis of size one, ``(N, 1, *spatial)``, to broadcast over ``A_0``.
     """
-    if attr.dim() < 2:
-        raise ValueError(f"an attribution map needs a batch and at least one more dimension, got {tuple(attr.shape)}")
-    if callable(reduce):
-        r = reduce(attr)
-        if not isinstance(r, Tensor) or r.dim() != attr.dim() or r.shape[0] != attr.shape[0]:
-            raise ValueError(
-                f"reduce returned {getattr(r, 'shape', type(r).__name__)}; expected a tensor of "
-                f"{attr.dim()} dimensions with {attr.shape[0]} rows that broadcasts to {tuple(attr.shape)}"
-            )
-        torch.broadcast_shapes(r.shape, attr.shape)
-        return r
-    fn = REDUCTIONS[reduce]
-    if attr.dim() == 2:
-        return fn(attr.unsqueeze(1)).squeeze(1)
-    return fn(attr)
-
-
-def normalize_per_example(r: Tensor) -> Tuple[Tensor, Tensor]:
-    """Min-max normalise each example to [0, 1].
-
-    Returns ``(normalised, degenerate)``; ``degenerate`` marks examples whose map is constant
-    or not finite (their normalisation is undefined: rows of NaN).
-    """
-    flat = r.reshape(r.shape[0], -1)
-    lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
-    span = hi - lo
-    degenerate = ~torch.isfinite(flat).all(dim=1) | ~(span.reshape(-1) > 0)
-    out = (flat - lo) / torch.where(span > 0, span, torch.ones_like(span))
-    out = torch.where(degenerate[:, None], torch.full_like(out, float("nan")), out)
-    return out.reshape(r.shape), degenerate
-
-
-def top_q_mask(r: Tensor, q: float = 0.2) -> Tuple[Tensor, Tensor]:
-    """Binarise each example's map to its top ``q`` fraction of locations.
-
-    Equivalent to thresholding the [0, 1]-normalised map (:func:`normalize_per_example`),
-    which is a monotone rescaling, so the normalisation itself is skipped. Ties at the
-    threshold are all kept; the minimum of a map is never kept. A degenerate map (constant or
-    not finite) keeps nothing: it says nothing about which location matters.
-
-    Returns ``(mask, degenerate)`` with ``mask`` bool, shape of ``r``.
-    """
-    flat = r.reshape(r.shape[0], -1)
-    p = flat.shape[1]
-    k = max(1, math.ceil(q * p - 1e-9))
-    lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
-    # NaN and Inf propagate to the extremes, so this is cheaper than isfinite on every entry
-    finite = (torch.isfinite(lo) & torch.isfinite(hi)).reshape(-1)
-    if not bool(finite.all()):
-        flat = torch.where(finite[:, None], flat, torch.zeros_like(flat))
-        lo = torch.where(finite[:, None], lo, torch.zeros_like(lo))
-        hi = torch.where(finite[:, None], hi, torch.zeros_like(hi))
-    degenerate = ~finite | ~(hi > lo).reshape(-1)
-    thr = _kth_largest(flat, k)
-    mask = flat >= thr
-    if bool((thr <= lo).any()):  # the threshold hit the minimum: drop the minimum
-        mask &= flat > lo
-    if bool(degenerate.any()):
-        mask &= ~degenerate[:, None]
-    return mask.reshape(r.shape), degenerate
-
-
-def _kth_largest(flat: Tensor, k: int) -> Tensor:
-    """``k``-th largest value of each row, ``(N, 1)``.
-
-    On CPU, NumPy's introselect is about ten times faster than ``torch.kthvalue``, and this
-    selection is most of fusion's cost.
-    """
-    p = flat.shape[1]
-    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
-        part = np.partition(flat.detach().numpy(), p - k, axis=1)[:, p - k]
-        return torch.from_numpy(np.ascontiguousarray(part)).reshape(-1, 1)
-    return torch.kthvalue(flat, p - k + 1, dim=1, keepdim=True).values
+    r = reduce_channels(attr.detach(), reduce, keepdim=True)
+    lo = r.reshape(r.shape[0], -1).amin(1).reshape(-1, *([1] * (r.dim() - 1)))
+    return top_q_mask(r - lo, q)
 
 
 def consistency_mask(masks: Sequence[Tensor], agreement: float = 1.0) -> Tensor:
@@ -183,7 +95,7 @@ def fuse_maps(
             )
     masks, degenerate = [], []
     for m in maps:
-        b, d = top_q_mask(reduce_channels(m.detach(), reduce), q)
+        b, d = binarise(m, q, reduce)
         masks.append(b)
         degenerate.append(d)
     c = consistency_mask(masks, agreement)

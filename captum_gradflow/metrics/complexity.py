@@ -1,8 +1,10 @@
 """Region complexity (RC): how much smaller an explanation's regions are than a reference's.
 
 RC = area of the union of the convex-hull regions of ``attr`` / that of ``reference``
-(DESIGN 4). Comparing a GAD map with its base method's map, RC < 1 means GAD narrowed the
-explanation. Areas are exact polygon areas (see :func:`attribution_regions`).
+(docs/definitions.md, section 4); for volumes it is a volume ratio. Comparing a GAD map with
+its base method's map, RC < 1 means GAD narrowed the explanation. Areas are exact polygon
+areas, volumes exact hull volumes with overlaps measured on the voxel grid (see
+:func:`attribution_regions`).
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from torch import Tensor
 
 from captum_gradflow.metrics.regions import (
     REDUCTIONS,
+    AnyRegions,
     Reduce,
     Regions,
+    VolumeRegions,
     as_map_tensor,
     check_region_args,
     reduced_maps,
@@ -25,7 +29,8 @@ from captum_gradflow.metrics.regions import (
 
 __all__ = ["RegionComplexity", "region_complexity"]
 
-MapsOrRegions = Union[Tensor, np.ndarray, Regions]
+MapsOrRegions = Union[Tensor, np.ndarray, Regions, VolumeRegions]
+REGION_TYPES = (Regions, VolumeRegions)
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,8 @@ class RegionComplexity:
     Attributes:
         rc: ``(N,)`` float64, ``area / reference_area``; NaN where the reference has no
             region (the reason is in ``reasons``).
-        area: ``(N,)`` float64, exact area in pixels of the union of ``attr``'s regions.
+        area: ``(N,)`` float64, area in pixels (volume in voxels) of the union of ``attr``'s
+            regions.
         reference_area: ``(N,)`` float64, the same for ``reference``.
         n_regions: ``(N,)`` int64, number of regions of ``attr``.
         reference_n_regions: ``(N,)`` int64, number of regions of ``reference``.
@@ -66,9 +72,10 @@ def region_complexity(
     reference: MapsOrRegions,
     q: float = 0.2,
     threshold: Optional[float] = None,
-    connectivity: int = 2,
+    connectivity: Optional[int] = None,
     min_size: int = 1,
     reduce: Reduce = "sum_abs",
+    supersampling: int = 4,
 ) -> RegionComplexity:
     r"""Region complexity: area of ``attr``'s hull regions over that of ``reference``.
 
@@ -85,9 +92,11 @@ def region_complexity(
             :class:`Regions`.
         q: Fraction of pixels kept per map, in ``(0, 1]``.
         threshold: Keep pixels above this value instead of the top ``q``.
-        connectivity: 1 or 2 (default) for the connected components.
+        connectivity: 1 up to the number of spatial axes; ``None`` (default) is full
+            connectivity (8 in 2-D, 26 in 3-D).
         min_size: Components with fewer pixels are dropped.
         reduce: Channel reduction (default ``"sum_abs"``).
+        supersampling: Sub-voxels per voxel edge for overlapping 3-D hulls.
 
     Returns:
         :class:`RegionComplexity`, with ``rc`` of shape ``(N,)``.
@@ -105,7 +114,7 @@ def region_complexity(
     """
     regions, reference_regions = _both_regions(
         attr, reference, q=q, threshold=threshold, connectivity=connectivity,
-        min_size=min_size, reduce=reduce,
+        min_size=min_size, reduce=reduce, supersampling=supersampling,
     )
     if regions.shape != reference_regions.shape:
         raise ValueError(
@@ -134,28 +143,30 @@ def region_complexity(
 
 
 def _both_regions(
-    attr: MapsOrRegions, reference: MapsOrRegions, reduce: Reduce, **kwargs
-) -> "tuple[Regions, Regions]":
+    attr: MapsOrRegions, reference: MapsOrRegions, reduce: Reduce, supersampling: int, **kwargs
+) -> "tuple[AnyRegions, AnyRegions]":
     """Regions of both; two sets of maps are reduced into one buffer and processed together."""
-    check_region_args(**kwargs)
-    if isinstance(attr, Regions) or isinstance(reference, Regions):
+    if isinstance(attr, REGION_TYPES) or isinstance(reference, REGION_TYPES):
         out = []
         for m, name in ((attr, "attr"), (reference, "reference")):
-            if not isinstance(m, Regions):
-                m = regions_of_maps(reduced_maps(as_map_tensor(m, name), reduce), **kwargs)
+            if not isinstance(m, REGION_TYPES):
+                maps = reduced_maps(as_map_tensor(m, name), reduce)
+                check_region_args(**kwargs, spatial=maps.ndim - 1, supersampling=supersampling)
+                m = regions_of_maps(maps, **kwargs, supersampling=supersampling)
             out.append(m)
         return out[0], out[1]
     a, r = as_map_tensor(attr, "attr"), as_map_tensor(reference, "reference")
-    if (a.shape[0], *a.shape[-2:]) != (r.shape[0], *r.shape[-2:]):
+    if (a.shape[0], *a.shape[2:]) != (r.shape[0], *r.shape[2:]):
         raise ValueError(
             f"attr and reference maps differ in shape: {tuple(a.shape)} vs {tuple(r.shape)} "
-            "(need the same N, H and W)"
+            "(need the same N and spatial shape)"
         )
-    n, h, w = a.shape[0], a.shape[-2], a.shape[-1]
+    check_region_args(**kwargs, spatial=a.dim() - 2, supersampling=supersampling)
+    n, spatial = a.shape[0], tuple(a.shape[2:])
     builtin = isinstance(reduce, str) and reduce in REDUCTIONS
     wide = torch.float64 in (a.dtype, r.dtype) or not builtin
-    buffer = np.empty((2 * n, h, w), dtype=np.float64 if wide else np.float32)
+    buffer = np.empty((2 * n, *spatial), dtype=np.float64 if wide else np.float32)
     reduced_maps(a, reduce, out=buffer[:n])
     reduced_maps(r, reduce, out=buffer[n:])
-    both = regions_of_maps(buffer, **kwargs)
+    both = regions_of_maps(buffer, **kwargs, supersampling=supersampling)
     return both[:n], both[n:]

@@ -1,4 +1,5 @@
-"""Attribution regions: convex hulls of the connected components of a map's top pixels (DESIGN 4).
+"""Attribution regions: convex hulls of the connected components of a map's top pixels
+(docs/definitions.md, section 4); volumes are in ``volume_regions``.
 
 A region is the convex hull of one connected component of the kept pixels, where pixel
 ``(r, c)`` is the unit square ``[c, c + 1] x [r, r + 1]`` (x = column, y = row). A single pixel
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import shapely
@@ -24,6 +25,14 @@ from shapely.geometry.base import BaseGeometry
 from skimage.measure import label as _label_components
 from torch import Tensor
 
+from captum_gradflow.maps import (  # noqa: F401  (reduce_channels: re-exported)
+    REDUCTIONS,
+    Reduce,
+    check_reduce,
+    reduce_channels,
+    reduce_channels_numpy,
+    top_k_numpy,
+)
 from captum_gradflow.metrics._hulls import (
     Hulls,
     Trapezoids,
@@ -32,12 +41,12 @@ from captum_gradflow.metrics._hulls import (
     rasterise,
     union_correction,
 )
+from captum_gradflow.metrics.volume_regions import VolumeRegions, regions_of_volumes
 
-__all__ = ["Regions", "attribution_regions", "reduce_channels"]
+__all__ = ["Regions", "VolumeRegions", "attribution_regions", "reduce_channels"]
 
-Reduce = Union[str, Callable[[Tensor], Tensor]]
 MapsLike = Union[Tensor, np.ndarray, Sequence[Tensor]]
-REDUCTIONS = ("sum_abs", "sum", "max_abs", "none")
+AnyRegions = Union["Regions", VolumeRegions]
 
 
 class Regions:
@@ -138,88 +147,55 @@ class Regions:
         return out
 
 
-def reduce_channels(attr: Tensor, reduce: Reduce = "sum_abs") -> Tensor:
-    """Reduce an ``(N, C, H, W)`` (or ``(N, H, W)``) map to ``(N, H, W)``.
-
-    Args:
-        attr: Attribution maps.
-        reduce: ``"sum_abs"`` (sum of absolute values over channels, the default),
-            ``"sum"`` (signed sum), ``"max_abs"``, ``"none"`` (the map must have one
-            channel), or a callable ``(N, C, H, W) -> (N, H, W)``.
-
-    Returns:
-        The reduced maps, ``(N, H, W)``.
-
-    Examples::
-
-        >>> import torch
-        >>> from captum_gradflow.metrics import reduce_channels
-        >>> reduce_channels(torch.tensor([[[[1.0]], [[-2.0]]]])).item()
-        3.0
-    """
-    if attr.dim() == 3:
-        attr = attr.unsqueeze(1)
-    if attr.dim() != 4:
-        raise ValueError(
-            f"attribution maps must have shape (N, H, W) or (N, C, H, W), got {tuple(attr.shape)}"
-        )
-    if callable(reduce):
-        out = reduce(attr)
-        expected = (attr.shape[0], *attr.shape[2:])
-        if not isinstance(out, Tensor) or tuple(out.shape) != expected:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"reduce callable must return a tensor of shape {expected}, got {got}")
-        return out
-    if reduce == "sum_abs":
-        return attr.abs().sum(1)
-    if reduce == "sum":
-        return attr.sum(1)
-    if reduce == "max_abs":
-        return attr.abs().amax(1)
-    if reduce == "none":
-        if attr.shape[1] != 1:
-            raise ValueError(f'reduce="none" needs one channel, got {attr.shape[1]}')
-        return attr[:, 0]
-    raise ValueError(f"reduce must be one of {REDUCTIONS} or a callable, got {reduce!r}")
-
-
 def attribution_regions(
     attr: MapsLike,
     q: float = 0.2,
     threshold: Optional[float] = None,
-    connectivity: int = 2,
+    connectivity: Optional[int] = None,
     min_size: int = 1,
     reduce: Reduce = "sum_abs",
-) -> Regions:
-    r"""Convex-hull regions of the most important pixels of each attribution map.
+    supersampling: int = 4,
+) -> AnyRegions:
+    r"""Convex-hull regions of the most important pixels (voxels) of each attribution map.
 
     Per example: reduce channels, keep the top ``q`` fraction of pixels (or, with
     ``threshold``, those above it), label the connected components of the kept pixels
     (scikit-image), drop components of fewer than ``min_size`` pixels, and take the convex
     hull of each component's pixel squares (exact integer geometry, batched over all
-    components; shapely polygons on request).
+    components; shapely polygons on request) or, for volumes, voxel cubes (exact volumes;
+    Qhull through ``scipy.spatial.ConvexHull``).
 
-    A pixel is kept only where the reduced value is strictly positive, so an exactly-zero
-    pixel is never kept (an already sparse map, such as a GAD map, keeps only its support)
-    and with ``reduce="sum"`` only positive evidence counts. Ties at the top-q cut are all
-    kept, so a map with many equal values may keep more than ``q``; a constant map keeps
-    every pixel (and says so in ``notes``), an all-zero map keeps none (empty regions, area
-    0, noted).
+    Channel reduction and selection are those of :mod:`captum_gradflow.maps`, the code GAD's
+    fusion uses. A pixel is kept only where the reduced value is strictly positive, so an
+    exactly-zero pixel is never kept (an already sparse map, such as a GAD map, keeps only
+    its support) and with ``reduce="sum"`` only positive evidence counts. Ties at the top-q
+    cut are all kept, so a map with many equal values may keep more than ``q``; a constant
+    map keeps every pixel (and says so in ``notes``), an all-zero map keeps none (empty
+    regions, area 0, noted).
+
+    In 3-D the hull volumes are exact; hulls whose bounding boxes do not overlap add exactly,
+    and where they do, the doubly counted volume is measured with ``supersampling^3`` points
+    per contested voxel (the centres of its sub-voxels; a point strictly inside ``m`` hulls
+    counts ``m - 1`` times). Hulls that only touch count nothing twice.
 
     Args:
-        attr: Maps of shape ``(N, C, H, W)`` or ``(N, H, W)`` (a tensor, a numpy array, or a
-            one-element tuple as Captum returns for single inputs).
+        attr: Maps of shape ``(N, C, H, W)`` or ``(N, H, W)``, or volumes
+            ``(N, C, D, H, W)`` (a tensor, a numpy array, or a one-element tuple as Captum
+            returns for single inputs).
         q: Fraction of pixels kept per example, in ``(0, 1]``; ignored when ``threshold`` is
             given.
         threshold: Keep pixels whose reduced value is above this non-negative number.
-        connectivity: 1 (4-neighbourhood) or 2 (8-neighbourhood, the default).
+        connectivity: Neighbourhood of the components: 1 (faces only) up to the number of
+            spatial axes; ``None`` (default) is full connectivity, 8 in 2-D and 26 in 3-D.
         min_size: Components with fewer pixels are dropped (default 1: none dropped).
-        reduce: Channel reduction, see :func:`reduce_channels`.
+        reduce: Channel reduction, see :func:`captum_gradflow.maps.reduce_channels`.
+        supersampling: Sub-voxels per voxel edge when overlapping 3-D hulls are measured.
 
     Returns:
-        :class:`Regions`: per example the exact area of the union of hulls, the number of
-        regions and the kept pixels; the rasterised union (``mask``, ``(N, H, W)`` bool), the
-        hull polygons and their union (shapely) are built on first access.
+        :class:`Regions` for images: per example the exact area of the union of hulls, the
+        number of regions and the kept pixels; the rasterised union (``mask``, ``(N, H, W)``
+        bool), the hull polygons and their union (shapely) are built on first access.
+        :class:`VolumeRegions` for volumes, with the same attributes (``area`` is the volume).
 
     Examples::
 
@@ -230,13 +206,19 @@ def attribution_regions(
         >>> regions = attribution_regions(attr, threshold=0.0)
         >>> regions.n_regions.tolist(), regions.area.tolist()  # hull of the L: 3.5
         ([1], [3.5])
+        >>> vol = torch.zeros(1, 1, 4, 4, 4)
+        >>> vol[0, 0, 0, 0, 0] = vol[0, 0, 1, 1, 1] = 1.0  # two voxels touching at a corner
+        >>> attribution_regions(vol, threshold=0.0).area.tolist()  # a cube swept along (1,1,1)
+        [4.0]
     """
-    check_region_args(q, threshold, connectivity, min_size)
-    return regions_of_maps(reduced_maps(attr, reduce), q, threshold, connectivity, min_size)
+    maps = reduced_maps(attr, reduce)
+    check_region_args(q, threshold, connectivity, min_size, maps.ndim - 1, supersampling)
+    return regions_of_maps(maps, q, threshold, connectivity, min_size, supersampling)
 
 
 def check_region_args(
-    q: float, threshold: Optional[float], connectivity: int, min_size: int
+    q: float, threshold: Optional[float], connectivity: Optional[int], min_size: int,
+    spatial: int = 2, supersampling: int = 4,
 ) -> None:
     """Raise a clear error for a bad region argument, before any work is done."""
     if threshold is None:
@@ -247,14 +229,23 @@ def check_region_args(
         or not math.isfinite(threshold) or threshold < 0
     ):
         raise ValueError(f"threshold must be a finite non-negative number, got {threshold!r}")
-    if connectivity not in (1, 2) or isinstance(connectivity, bool):
-        raise ValueError(f"connectivity must be 1 or 2 for 2-D maps, got {connectivity!r}")
+    if connectivity is not None and (
+        isinstance(connectivity, bool) or connectivity not in range(1, spatial + 1)
+    ):
+        raise ValueError(
+            f"connectivity must be None or 1..{spatial} for {spatial}-D maps, got {connectivity!r}"
+        )
     if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
         raise ValueError(f"min_size must be an int >= 1, got {min_size!r}")
+    if isinstance(supersampling, bool) or not isinstance(supersampling, int) or supersampling < 1:
+        raise ValueError(f"supersampling must be an int >= 1, got {supersampling!r}")
 
 
 def as_map_tensor(attr: MapsLike, name: str = "attr") -> Tensor:
-    """A map tensor ``(N, H, W)`` or ``(N, C, H, W)`` from a tensor, array or 1-tuple."""
+    """A map tensor ``(N, C, H, W)`` or ``(N, C, D, H, W)`` from a tensor, array or 1-tuple.
+
+    ``(N, H, W)`` maps (no channel axis) get one.
+    """
     if isinstance(attr, (tuple, list)) and all(isinstance(t, (Tensor, np.ndarray)) for t in attr):
         if len(attr) != 1:
             raise ValueError(
@@ -268,46 +259,22 @@ def as_map_tensor(attr: MapsLike, name: str = "attr") -> Tensor:
         raise TypeError(
             f"{name} must be a Tensor or numpy array of maps, got {type(attr).__name__}"
         )
-    if attr.dim() not in (3, 4):
+    if attr.dim() not in (3, 4, 5):
         raise ValueError(
-            f"{name}: attribution maps must have shape (N, H, W) or (N, C, H, W), got "
-            f"{tuple(attr.shape)}"
+            f"{name}: attribution maps must have shape (N, H, W), (N, C, H, W) or volumes "
+            f"(N, C, D, H, W), got {tuple(attr.shape)}"
         )
-    if attr.shape[-1] == 0 or attr.shape[-2] == 0:
+    if attr.dim() == 3:
+        attr = attr.unsqueeze(1)
+    if any(s == 0 for s in attr.shape[2:]):
         raise ValueError(f"{name}: attribution maps are empty, shape {tuple(attr.shape)}")
     return attr.detach()
 
 
 def reduced_maps(attr: MapsLike, reduce: Reduce, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Channel-reduced ``(N, H, W)`` numpy maps, checked finite (written to ``out`` if given).
-
-    The built-in reductions run in numpy: these passes are short, and numpy's single thread
-    beats torch's thread pool on a busy CPU.
-    """
-    attr = as_map_tensor(attr)
-    if isinstance(reduce, str) and reduce in REDUCTIONS:
-        dtype = torch.float64 if attr.dtype == torch.float64 else torch.float32
-        a = attr.to(device="cpu", dtype=dtype).numpy()
-        a = a[:, None] if a.ndim == 3 else a
-        if reduce == "none" and a.shape[1] != 1:
-            raise ValueError(f'reduce="none" needs one channel, got {a.shape[1]}')
-        if reduce in ("sum_abs", "max_abs"):
-            if a.shape[1] == 1:
-                maps = np.abs(a[:, 0], out=out)
-            elif reduce == "sum_abs":
-                maps = np.abs(a).sum(1, out=out)
-            else:
-                maps = np.abs(a).max(1, out=out)
-        else:
-            maps = a[:, 0] if a.shape[1] == 1 else a.sum(1)
-            if out is not None:
-                np.copyto(out, maps)
-                maps = out
-    else:
-        maps = reduce_channels(attr, reduce).to(device="cpu", dtype=torch.float64).numpy()
-        if out is not None:
-            np.copyto(out, maps)
-            maps = out
+    """Channel-reduced ``(N, *spatial)`` numpy maps, checked finite (into ``out`` if given)."""
+    check_reduce(reduce)
+    maps = reduce_channels_numpy(as_map_tensor(attr), reduce, out=out)
     if not np.isfinite(maps.sum(dtype=np.float64)):  # one cheap pass; details only if needed
         bad = ~np.isfinite(maps)
         if bad.any():
@@ -320,12 +287,15 @@ def reduced_maps(attr: MapsLike, reduce: Reduce, out: Optional[np.ndarray] = Non
 
 
 def regions_of_maps(
-    maps: np.ndarray, q: float, threshold: Optional[float], connectivity: int, min_size: int
-) -> Regions:
-    """:func:`attribution_regions` of reduced ``(N, H, W)`` maps (arguments already checked)."""
+    maps: np.ndarray, q: float, threshold: Optional[float], connectivity: Optional[int],
+    min_size: int, supersampling: int = 4,
+) -> AnyRegions:
+    """:func:`attribution_regions` of reduced ``(N, H, W)`` or ``(N, D, H, W)`` maps."""
+    kept, notes = keep_pixels(maps, q, threshold)
+    if maps.ndim == 4:
+        return regions_of_volumes(kept, notes, connectivity, min_size, supersampling)
     n, h, w = maps.shape
-    kept, notes = _keep_pixels(maps, q, threshold)
-    labels, inside, n_labels = _label(kept, connectivity, min_size)
+    labels, inside, n_labels = _label(kept, connectivity or 2, min_size)
     if min_size > 1:
         kept = inside.reshape(n, h + 1, w + 2)[:, :h, 1:-1]
     hulls, trapezoids = component_hulls(labels, inside, n_labels)
@@ -348,43 +318,28 @@ def regions_of_maps(
     )
 
 
-def _keep_pixels(
+def keep_pixels(
     maps: np.ndarray, q: float, threshold: Optional[float]
 ) -> Tuple[np.ndarray, List[str]]:
-    n, h, w = maps.shape
-    hw = h * w
-    flat = maps.reshape(n, hw)
-    positive = flat > 0
-    k = hw
-    if threshold is not None:
-        kept = flat > threshold
-    elif n:
-        # The k-th largest value by partial sort; ties with it are all kept, so the choice
-        # is deterministic and translation invariant. Pixels that can never be kept get
-        # distinct negative values first: a sparse map's many equal zeros would otherwise
-        # make the selection crawl.
-        k = max(1, math.ceil(q * hw - 1e-9))
-        distinct = np.where(positive, flat, -1.0 - np.arange(hw, dtype=flat.dtype))
-        distinct.partition(hw - k, axis=1)  # in place: distinct is ours
-        cut = distinct[:, hw - k]
-        kept = flat >= cut[:, None]
-        few = cut <= 0  # fewer positive pixels than k: keep exactly the positive ones
-        kept[few] = positive[few]
-    else:
-        kept = positive
+    """The kept pixels of reduced maps (top-q of :mod:`captum_gradflow.maps`) and notes."""
+    n = maps.shape[0]
+    flat = maps.reshape(n, -1)
+    p = flat.shape[1]
+    k = p if threshold is not None else max(1, math.ceil(q * p - 1e-9))
+    kept = flat > threshold if threshold is not None else top_k_numpy(flat, k)
     n_kept = kept.sum(1)
-    any_positive = positive.any(1)
+    any_positive = (flat > 0).any(1)
     notes = []
     for i in range(n):
         if not any_positive[i]:
             notes.append("map has no positive value (all-zero map): no region")
         elif n_kept[i] == 0:
             notes.append(f"no pixel above threshold {threshold}: no region")
-        elif (n_kept[i] > k or n_kept[i] == hw) and (flat[i] == flat[i, 0]).all():
+        elif (n_kept[i] > k or n_kept[i] == p) and (flat[i] == flat[i, 0]).all():
             notes.append("constant map: every pixel ties, all kept")
         else:
             notes.append("")
-    return kept.reshape(n, h, w), notes
+    return kept.reshape(maps.shape), notes
 
 
 def _label(

@@ -36,7 +36,7 @@ def plot_gad_sweep(
     Examples::
 
         >>> import pandas as pd
-        >>> from captum_gradflow.sweep_figure import plot_gad_sweep
+        >>> from captum_gradflow.visualization import plot_gad_sweep
         >>> t = pd.DataFrame({"kept_fraction": [0.9, 0.6], "rs_win_rate": [0.5, 0.8],
         ...                   "rs_p": [0.3, 0.001], "method": ["Saliency"] * 2})
         >>> sum(len(c.get_offsets()) for c in plot_gad_sweep(t).axes[0].collections)  # one per row

@@ -1,0 +1,165 @@
+"""Attribution regions of volumes: exact hull volumes, 26-connectivity, unions, RC in 3-D."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import ConvexHull
+
+from captum_gradflow.metrics import VolumeRegions, attribution_regions, region_complexity
+from captum_gradflow.visualization.volumes import plane_section
+
+CORNERS = np.array(list(itertools.product((0, 1), repeat=3)))
+
+
+def brute_hull_volume(voxels) -> float:
+    """Independent: Qhull of all 8 corners of every voxel cube."""
+    pts = (np.asarray(voxels)[:, None, :] + CORNERS[None]).reshape(-1, 3)
+    return ConvexHull(pts.astype(float)).volume
+
+
+def volume_of(voxels, size: int = 12) -> torch.Tensor:
+    a = torch.zeros(1, 1, size, size, size, dtype=torch.float64)
+    for v in voxels:
+        a[(0, 0, *v)] = 1.0
+    return a
+
+
+def grid(size: int = 12) -> np.ndarray:
+    return np.indices((size,) * 3).reshape(3, -1).T
+
+
+def test_one_voxel_is_a_unit_cube():
+    r = attribution_regions(volume_of([(3, 4, 5)]), threshold=0.0)
+    assert isinstance(r, VolumeRegions)
+    assert r.n_regions.tolist() == [1] and r.area.tolist() == [1.0]
+    assert r.mask.sum() == 1 and r.mask[0, 3, 4, 5]
+
+
+def test_two_separate_boxes_add_exactly():
+    a = torch.zeros(1, 1, 10, 10, 10)
+    a[0, 0, 1:3, 1:4, 1:5] = 1.0  # 2 x 3 x 4
+    a[0, 0, 6:9, 6:8, 6:7] = 2.0  # 3 x 2 x 1
+    r = attribution_regions(a, threshold=0.0)
+    assert r.n_regions.tolist() == [2] and r.area.tolist() == [24.0 + 6.0]
+    assert sorted(r.volumes[0].tolist()) == [6.0, 24.0]
+
+
+@pytest.mark.parametrize("length", [2, 3, 5])
+def test_diagonal_line_of_voxels(length):
+    line = [(i, i, i) for i in range(length)]
+    r = attribution_regions(volume_of(line), threshold=0.0)
+    # a unit cube swept along (n-1)(1, 1, 1): 1 + 3 (n - 1), and Qhull of all corners agrees
+    assert r.n_regions.item() == 1
+    assert r.area.item() == pytest.approx(1 + 3 * (length - 1), abs=1e-9)
+    assert r.area.item() == pytest.approx(brute_hull_volume(line), abs=1e-9)
+
+
+def test_flat_line_and_sheet_are_not_degenerate():
+    line = [(2, 5, x) for x in range(1, 7)]
+    sheet = [(4, y, x) for y in range(3) for x in range(2)] + [(4, 3, 0)]
+    for voxels in (line, sheet):
+        r = attribution_regions(volume_of(voxels), threshold=0.0)
+        assert r.area.item() == pytest.approx(brute_hull_volume(voxels), abs=1e-9)
+        assert r.area.item() > 0
+
+
+def test_ball_matches_qhull_of_all_corners():
+    p = grid()
+    ball = p[((p - 5.5) ** 2).sum(1) <= 16]
+    r = attribution_regions(volume_of(ball), threshold=0.0)
+    assert r.n_regions.item() == 1
+    assert r.area.item() == pytest.approx(brute_hull_volume(ball), rel=1e-12)
+    assert (r.mask[0] >= r.kept[0]).all()
+
+
+def test_hollow_shell_with_a_voxel_inside_counts_the_shell_hull_once():
+    p = grid()
+    d2 = ((p - 5.5) ** 2).sum(1)
+    shell = p[(d2 >= 16) & (d2 <= 25)]
+    r = attribution_regions(volume_of(np.r_[shell, [[5, 5, 5]]]), threshold=0.0)
+    assert r.n_regions.item() == 2  # the middle voxel is not 26-adjacent to the shell
+    assert r.area.item() == pytest.approx(brute_hull_volume(shell), rel=1e-12)
+
+
+def test_overlapping_hulls_union_is_measured_on_the_grid():
+    # an L whose hull has the face y + x = 6, and a voxel cut in half by it (not adjacent)
+    a = [(0, 0, x) for x in range(5)] + [(0, y, 0) for y in range(1, 5)]
+    b = [(0, 3, 2)]
+    exact = brute_hull_volume(a) + 0.5
+    errors = []
+    for s in (4, 16):
+        r = attribution_regions(volume_of(a + b, 6), threshold=0.0, supersampling=s)
+        assert r.n_regions.item() == 2
+        errors.append(abs(r.area.item() - exact))
+    # points on the face count as outside: the error is at most the boundary's samples
+    assert errors[0] <= 4 / 16 / 2 + 1e-9 and errors[1] < errors[0] and errors[1] <= 0.04
+
+
+def test_connectivity_options_in_3d():
+    corner_pair = volume_of([(0, 0, 0), (1, 1, 1)], 4)
+    assert attribution_regions(corner_pair, threshold=0.0).n_regions.item() == 1
+    assert attribution_regions(corner_pair, threshold=0.0, connectivity=2).n_regions.item() == 2
+    with pytest.raises(ValueError, match="connectivity"):
+        attribution_regions(corner_pair, connectivity=4)
+    with pytest.raises(ValueError, match="supersampling"):
+        attribution_regions(corner_pair, supersampling=0)
+
+
+def test_rc_of_a_volume_against_itself_is_one_and_translation_invariant():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.avg_pool3d(torch.rand(3, 1, 18, 18, 18, generator=g), 3, 1, 1)
+    rc = region_complexity(a, a, q=0.1)
+    assert torch.equal(rc.rc, torch.ones(3, dtype=torch.float64))
+    ref = torch.zeros_like(a)
+    ref[:, :, 4:14, 4:14, 4:14] = a[:, :, 4:14, 4:14, 4:14]
+    gad = ref.clone()
+    gad[:, :, 9:] = 0.0
+    shift = dict(shifts=(2, -3, 1), dims=(2, 3, 4))  # stays inside: nothing wraps
+    before = region_complexity(gad, ref, q=0.05)
+    after = region_complexity(torch.roll(gad, **shift), torch.roll(ref, **shift), q=0.05)
+    assert torch.allclose(before.rc, after.rc, rtol=0, atol=1e-12)
+    assert torch.equal(before.n_regions, after.n_regions)
+    assert (before.rc < 1).all()
+
+
+def test_batched_equals_one_by_one_and_indexing():
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(3, 2, 9, 8, 7, generator=g)
+    batch = attribution_regions(a, q=0.15)
+    for i in range(3):
+        one = attribution_regions(a[i:i + 1], q=0.15)
+        assert torch.allclose(one.area, batch.area[i:i + 1], atol=1e-9)
+        assert torch.equal(one.mask, batch[i].mask)
+        assert len(batch[i].hulls[0]) == one.n_regions.item()
+    with pytest.raises(IndexError):
+        batch[3]
+
+
+def test_plane_section_of_a_cube_and_a_tetrahedron():
+    cube = (CORNERS * 2).astype(float)
+    ring = plane_section(cube, 0, 0.5)[0]
+    assert ring.shape == (5, 2) and set(map(tuple, ring[:-1])) == {(0, 0), (0, 2), (2, 0), (2, 2)}
+    assert plane_section(cube, 1, 3.0) == []
+    tet = np.array([[0, 0, 0], [2, 0, 0], [0, 2, 0], [0, 0, 2]], float)
+    tri = plane_section(tet, 2, 1.0)[0]
+    assert len(tri) == 4 and np.allclose(sorted(map(tuple, tri[:-1])), [(0, 0), (0, 1), (1, 0)])
+
+
+def test_closed_forms_and_qhull_agree_with_all_corners_on_random_components():
+    """Every path (box, 2-4 voxel closed forms, filtered Qhull) against Qhull of all corners."""
+    from skimage.measure import label
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for trial in range(12):
+        kept = rng.random((9, 9, 9)) < (0.08 if trial % 2 else 0.3)
+        r = attribution_regions(torch.from_numpy(kept[None, None] * 1.0), threshold=0.0)
+        labels = label(kept, connectivity=3)
+        ks = range(1, labels.max() + 1)
+        expected = sorted(brute_hull_volume(np.argwhere(labels == k)) for k in ks)
+        assert np.allclose(sorted(r.volumes[0].tolist()), expected, atol=1e-9)
+        seen.update(np.bincount(labels.ravel())[1:].clip(max=5).tolist())
+    assert {1, 2, 3, 4, 5} <= seen  # every closed form and Qhull were exercised
