@@ -5,6 +5,7 @@ Public names only; each lives in the module named after it.
 from captum_gradflow.adapters import ZennitAttribution, quantus_explain
 from captum_gradflow.alignment import FeatureAlignment
 from captum_gradflow.datasets import DigitsSplit, Lesions, digits_pair, synthetic_lesions
+from captum_gradflow.evaluate import evaluate
 from captum_gradflow.gad import GADWrapper
 from captum_gradflow.features import (
     Brightness,
@@ -62,6 +63,7 @@ __all__ = [
     "attribution_regions",
     "compare_region_sensitivity",
     "digits_pair",
+    "evaluate",
     "noise_features",
     "quantus_explain",
     "region_complexity",
