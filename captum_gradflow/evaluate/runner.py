@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -57,8 +58,10 @@ class Settings:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
 
     def recorded(self) -> Dict[str, Any]:
-        """What changes results (the manifest's settings); the batch size does not."""
-        return {"n_noise": self.n_noise, "flow": bool(self.flow), "noise_seed": NOISE_SEED,
+        """What the results depend on (the manifest's settings). The batch size is one: every
+        batch has that many rows, and kernels may round differently for another size."""
+        return {"batch_size": self.batch_size, "n_noise": self.n_noise, "flow": bool(self.flow),
+                "noise_seed": NOISE_SEED,
                 "noise_options": {k: _describe(v) for k, v in sorted(self.noise_options.items())}}
 
 
@@ -113,8 +116,9 @@ class Measures:
 
     def gad(self, recipe: Recipe, x: Tensor, target: Any) -> Dict[str, np.ndarray]:
         """RC of the GAD regions against the base method's, and RS of kept and dropped regions."""
-        base = recipe.attribution.attribute(x, target=target)
-        kept = recipe.gad.attribute(x, target=target)
+        xg = x.detach().requires_grad_()  # Captum's methods would warn and set it themselves
+        base = recipe.attribution.attribute(xg, target=target)
+        kept = recipe.gad.attribute(xg, target=target)
         rc = region_complexity(kept, base)
         rs = compare_region_sensitivity(self.model, x, kept, base, target=target)
         return {"RC": rc.rc.double().numpy(), "RS_kept": rs.gad.detach().double().cpu().numpy(),
@@ -250,13 +254,25 @@ def _measure_shard(recipe: Recipe, folder: OutputFolder, settings: Settings, min
                         collate_fn=_collate(mine, b))
     bar = tqdm(total=len(mine), unit="ex", unit_scale=group.world if group.world > 1 else False,
                disable=not settings.progress or group.rank != 0, desc="evaluate", dynamic_ncols=True)
-    with _eval_mode(recipe.model):
-        measures = Measures(recipe.model, recipe.features, settings)
-        for k, batch in enumerate(loader):
-            ids = mine[k * b:(k + 1) * b]
-            folder.write_part(measures.frame(recipe, ids, batch, device))
-            bar.update(len(ids))
-    bar.close()
+    seen: Dict[Tuple[Any, str, int], List[Any]] = {}
+    try:
+        with _eval_mode(recipe.model):
+            measures = Measures(recipe.model, recipe.features, settings)
+            for k, batch in enumerate(loader):
+                ids = mine[k * b:(k + 1) * b]
+                # The APIs warn about undefined values batch by batch; one line each at the end.
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    frame = measures.frame(recipe, ids, batch, device)
+                for w in caught:
+                    seen.setdefault((w.category, w.filename, w.lineno), [0, str(w.message)])[0] += 1
+                folder.write_part(frame)
+                bar.update(len(ids))
+    finally:
+        bar.close()
+        for (category, _, _), (count, message) in seen.items():
+            warnings.warn(f"evaluate (rank {group.rank}): this warning came {count} time(s), the first: "
+                          f"{message}", category, stacklevel=4)
 
 
 def _collate(indices: List[int], batch_size: int):
