@@ -124,15 +124,13 @@ class Measures:
         return {"RC": rc.rc.double().numpy(), "RS_kept": rs.gad.detach().double().cpu().numpy(),
                 "RS_dropped": rs.rest.detach().double().cpu().numpy()}
 
-    def frame(self, recipe: Recipe, indices: List[int], batch: Any, device: torch.device) -> Any:
-        """The table rows of one batch.
+    def frame(self, recipe: Recipe, indices: List[int], batch: Any, device: torch.device) -> Dict[str, np.ndarray]:
+        """The table rows of one batch, as arrays by column name.
 
         A short last batch is padded to the batch size with copies of its first item, whose
         rows are dropped: kernels can round differently for another batch size, and the
         table must not depend on how the indices were split.
         """
-        import pandas as pd
-
         pad = self.settings.batch_size - len(indices)
         batch = [_pad(t, pad) for t in batch]
         x, y = batch[0].to(device), batch[1]
@@ -153,7 +151,7 @@ class Measures:
             cols["flow_length"] = res.length.detach().double().cpu().numpy()
         if recipe.gad is not None:
             cols.update(self.gad(recipe, x, target))
-        return pd.DataFrame(cols).iloc[:len(indices)]
+        return {k: v[:len(indices)] for k, v in cols.items()}
 
 
 def _pad(t: Tensor, pad: int) -> Tensor:
