@@ -121,7 +121,7 @@ class OutputFolder:
 
         path = self.part_path(int(columns["index"][0]))
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.table(columns), sink)
+        pq.write_table(pa.table(columns), sink, compression="none")  # short-lived: speed over size
         data = sink.getvalue().to_pybytes()
         _atomic_write(path, data)
         _atomic_write(path.with_suffix(".sha256"), (_sha256(data) + "\n").encode())
