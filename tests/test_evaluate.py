@@ -177,3 +177,16 @@ def test_gad_recipe_gives_rc_and_rs_of_kept_and_dropped_regions(tmp_path):
     assert g["median_RC"] == pytest.approx(float(np.nanmedian(rc)))
     assert g["RS_wilcoxon_p"] is None or 0 < g["RS_wilcoxon_p"] <= 1
     assert "## GAD regions" in (tmp_path / "gad" / "summary.md").read_text()
+
+
+def test_a_target_function_maps_the_labels():
+    from captum_gradflow import FeatureAlignment
+
+    d, ds = _lesion_set(4)
+    model = _tiny_model().eval()
+    table, _ = evaluate(model, ds, [Brightness()], target=lambda y: 1 - y, batch_size=4, n_noise=2,
+                        progress=False)
+    ref = FeatureAlignment(model, [Brightness()]).compare_to_noise(
+        d.images, target=1 - d.labels, mask=d.masks, n_noise=2)
+    np.testing.assert_allclose(table["S_brightness"].to_numpy(), ref.S[:, 0].numpy(), atol=1e-6)
+    assert table["label"].tolist() == d.labels.tolist()

@@ -142,3 +142,10 @@ def test_output_folder_claims_a_new_folder():
     folder = OutputFolder(root)
     folder.claim({"recipe_sha256": "x"}, {"n_noise": 4}, resume=True)  # nothing to resume: a fresh run
     assert (root / "manifest.json").exists() and folder.done_indices() == set()
+
+
+def test_under_torchrun_the_python_call_needs_an_output_folder(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data = TensorDataset(torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="pass out="):
+        evaluate(SmallCNN().eval(), data, [Brightness()], n_noise=2, progress=False)

@@ -64,7 +64,7 @@ def evaluate(
         model: The classifier (an ``nn.Module``); inputs are moved to its device.
         dataset: A map-style ``torch.utils.data.Dataset`` of ``(x, y)`` or ``(x, y, mask)``.
         features: The features; one without its own mask uses each item's mask.
-        out: Output folder; ``None`` uses a temporary folder removed afterwards.
+        out: Output folder; ``None`` uses a temporary folder removed afterwards (one process only).
         batch_size: Examples per batch (results do not depend on it).
         n_noise: Noise features M of the baseline.
         flow: Also measure the gradient flow alignment F (slower).
@@ -97,6 +97,8 @@ def evaluate(
     settings = Settings(batch_size=batch_size, n_noise=n_noise, flow=flow, resume=resume,
                         progress=progress, noise_options=dict(noise_options or {}))
     if out is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("under torchrun every process writes to one folder: pass out=")
         with tempfile.TemporaryDirectory(prefix="captum_gradflow_evaluate_") as tmp:
             result = run_evaluation(recipe, os.path.join(tmp, "run"), settings)
     else:
