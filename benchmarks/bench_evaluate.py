@@ -23,6 +23,7 @@ Run: ``python -m benchmarks.bench_evaluate [--quick]``.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,14 +106,18 @@ def _peak_mib(cmd: Sequence[str], env: Dict[str, str]) -> float:
     return int(proc.stdout.strip()) / 1024.0  # ru_maxrss is in KiB on Linux
 
 
-def _per_example_seconds(recipe: Path, tmp: Path, procs: int, n: int, model_name: str, size: int,
-                         batch: int) -> float:
-    """Seconds per example from runs on n and 2n examples (start-up cancels out)."""
-    times = []
-    for k in (n, 2 * n):
-        out = tmp / f"scale_{procs}_{k}"
-        times.append(_run(_command(recipe, out, procs, batch), _env(model_name, k, size)))
-    return (times[1] - times[0]) / n
+def _per_example_seconds(recipe: Path, tmp: Path, n: int, model_name: str, size: int, batch: int,
+                         repeats: int) -> List[float]:
+    """Seconds per example of 1 and 2 processes: the median over ``repeats`` of the difference
+    between runs on 2n and n examples (start-up cancels out). Runs are interleaved so load
+    from other jobs hits both alike."""
+    samples: Dict[int, List[float]] = {1: [], 2: []}
+    for r in range(repeats):
+        for procs in ((1, 2) if r % 2 == 0 else (2, 1)):
+            t = [_run(_command(recipe, tmp / f"scale_{r}_{procs}_{k}", procs, batch), _env(model_name, k, size))
+                 for k in (n, 2 * n)]
+            samples[procs].append((t[1] - t[0]) / n)
+    return [statistics.median(samples[1]), statistics.median(samples[2])]
 
 
 def _by_hand_vs_runner(model_name: str, batch: int, size: int, n_batches: int, repeats: int,
@@ -146,17 +151,18 @@ def run(quick: bool = False, device: str = "cpu", model_name: str = "small_cnn",
         size: int = 128) -> List[Dict[str, object]]:
     if device != "cpu" or model_name != "small_cnn":
         return []  # a CPU-process topic: torchrun on CUDA needs one GPU per process
-    n = 2 * batch if quick else 8 * batch
+    # Enough examples that the computation, not the start-up, dominates each run.
+    n = 16 * batch if quick else 64 * batch
     rows: List[Dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="bench_evaluate_") as tmp_name:
         tmp = Path(tmp_name)
         recipe = tmp / "recipe.py"
         recipe.write_text(RECIPE)
-        one = _per_example_seconds(recipe, tmp, 1, n, model_name, size, batch)
-        two = _per_example_seconds(recipe, tmp, 2, n, model_name, size, batch)
+        one, two = _per_example_seconds(recipe, tmp, n, model_name, size, batch, 1 if quick else 3)
         rows.append(row("evaluate_2_processes_vs_1", two * 1000.0, one * 1000.0, 1 / 1.6, model_name,
                         batch, size, device, note=f"ms per example from {n} and {2 * n} examples, "
                         f"OMP_NUM_THREADS=1; speed-up {one / two:.2f}x"))
+        n = 8 * batch
         small = _peak_mib(_command(recipe, tmp / "mem_1", 1, batch), _env(model_name, n, size))
         large = _peak_mib(_command(recipe, tmp / "mem_10", 1, batch), _env(model_name, 10 * n, size))
         rows.append(row("evaluate_peak_memory_10x_examples", large, small, 1.3, model_name, batch, size,
