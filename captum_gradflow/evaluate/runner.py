@@ -121,7 +121,7 @@ class Measures:
         kept = recipe.gad.attribute(xg, target=target)
         rc = region_complexity(kept, base)
         rs = compare_region_sensitivity(self.model, x, kept, base, target=target)
-        return {"RC": rc.rc.double().numpy(), "RS_kept": rs.gad.detach().double().cpu().numpy(),
+        return {"RC": rc.rc.double().cpu().numpy(), "RS_kept": rs.gad.detach().double().cpu().numpy(),
                 "RS_dropped": rs.rest.detach().double().cpu().numpy()}
 
     def frame(self, recipe: Recipe, indices: List[int], batch: Any, device: torch.device) -> Dict[str, np.ndarray]:
