@@ -1,4 +1,4 @@
-"""``captum_gradflow.evaluate``: a whole data set in one call (docs/definitions.md section 8)."""
+"""``captum_gradflow.evaluate``: a whole data set in one call, the in-process form of the CLI."""
 from __future__ import annotations
 
 import hashlib

@@ -1,6 +1,6 @@
 """The recipe of a dataset-scale evaluation: what to evaluate, checked before any work.
 
-A recipe file (docs/definitions.md section 8) is a Python file defining ``model()``,
+A recipe file (tutorials/06_dataset_evaluation.ipynb) is a Python file defining ``model()``,
 ``dataset()`` and ``features()``, and optionally ``target(y)``, ``attribution(model)`` and
 ``gad(model)``. :class:`Recipe` holds what those functions built; :func:`load_recipe` runs a
 file, and :func:`check_item` is the one check of a dataset item's form.

@@ -78,7 +78,7 @@ class Measures:
     """The per-batch measurements, built once per run (noise directions are reused).
 
     Features without their own mask are copied once, and each batch gives the copies the
-    items' masks, so a feature that has its own mask keeps it (docs/definitions.md section 8).
+    items' masks, so a feature that has its own mask keeps it.
     """
 
     def __init__(self, model: nn.Module, features: List[Feature], settings: Settings) -> None:
