@@ -24,13 +24,14 @@ Run: ``python -m benchmarks.bench_evaluate [--quick]``.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -89,13 +90,18 @@ def _env(model_name: str, n: int, size: int) -> Dict[str, str]:
                 BENCH_MODEL=model_name, BENCH_N=str(n), BENCH_SIZE=str(size), BENCH_CHANNELS=str(channels))
 
 
-def _run(cmd: Sequence[str], env: Dict[str, str]) -> float:
-    """Wall seconds of one command (which must succeed)."""
-    t0 = time.perf_counter()
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # torchrun's workers included
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: Sequence[str], env: Dict[str, str]) -> Tuple[float, float]:
+    """Wall and CPU seconds of one command (which must succeed)."""
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     proc = subprocess.run(list(cmd), cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu_seconds() - c0
 
 
 def _peak_mib(cmd: Sequence[str], env: Dict[str, str]) -> float:
@@ -108,17 +114,18 @@ def _peak_mib(cmd: Sequence[str], env: Dict[str, str]) -> float:
 
 
 def _per_example_seconds(recipe: Path, tmp: Path, n: int, model_name: str, size: int, batch: int,
-                         repeats: int) -> List[float]:
-    """Seconds per example of 1 and 2 processes: the median over ``repeats`` of the difference
-    between runs on 2n and n examples (start-up cancels out). Runs are interleaved so load
-    from other jobs hits both alike."""
-    samples: Dict[int, List[float]] = {1: [], 2: []}
+                         repeats: int) -> Dict[Tuple[int, int], float]:
+    """Wall and CPU seconds per example of 1 and 2 processes, keyed ``(procs, 0 wall | 1 cpu)``:
+    the median over ``repeats`` of the difference between runs on 2n and n examples (start-up
+    cancels out). Runs are interleaved so load from other jobs hits both alike."""
+    samples: Dict[Tuple[int, int], List[float]] = {(p, k): [] for p in (1, 2) for k in (0, 1)}
     for r in range(repeats):
         for procs in ((1, 2) if r % 2 == 0 else (2, 1)):
             t = [_run(_command(recipe, tmp / f"scale_{r}_{procs}_{k}", procs, batch), _env(model_name, k, size))
                  for k in (n, 2 * n)]
-            samples[procs].append((t[1] - t[0]) / n)
-    return [statistics.median(samples[1]), statistics.median(samples[2])]
+            for k in (0, 1):
+                samples[(procs, k)].append((t[1][k] - t[0][k]) / n)
+    return {key: statistics.median(v) for key, v in samples.items()}
 
 
 def _by_hand_vs_runner(model_name: str, batch: int, size: int, n_batches: int, repeats: int,
@@ -166,10 +173,13 @@ def run(quick: bool = False, device: str = "cpu", model_name: str = "small_cnn",
         tmp = Path(tmp_name)
         recipe = tmp / "recipe.py"
         recipe.write_text(RECIPE)
-        one, two = _per_example_seconds(recipe, tmp, n, model_name, size, batch, 1 if quick else 3)
+        sec = _per_example_seconds(recipe, tmp, n, model_name, size, batch, 1 if quick else 3)
+        one, two = sec[(1, 0)], sec[(2, 0)]
         rows.append(row("evaluate_2_processes_vs_1", two * 1000.0, one * 1000.0, 1 / 1.6, model_name,
                         batch, size, device, note=f"ms per example from {n} and {2 * n} examples, "
-                        f"OMP_NUM_THREADS=1; speed-up {one / two:.2f}x"))
+                        f"OMP_NUM_THREADS=1; speed-up {one / two:.2f}x; CPU ms per example "
+                        f"{sec[(1, 1)] * 1000:.2f} (1 process) vs {sec[(2, 1)] * 1000:.2f} (2); "
+                        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"))
         n = 8 * batch
         small = _peak_mib(_command(recipe, tmp / "mem_1", 1, batch), _env(model_name, n, size))
         large = _peak_mib(_command(recipe, tmp / "mem_10", 1, batch), _env(model_name, 10 * n, size))
