@@ -11,6 +11,7 @@ from captum_gradflow.datasets import (
     synthetic_lesions,
     synthetic_lesions_3d,
 )
+from captum_gradflow.evaluate import evaluate
 from captum_gradflow.gad import GADConfig, GADWrapper, gad_sweep
 from captum_gradflow.features import (
     Brightness,
@@ -74,6 +75,7 @@ __all__ = [
     "attribution_regions",
     "compare_region_sensitivity",
     "digits_pair",
+    "evaluate",
     "gad_sweep",
     "make_noise",
     "noise_features",

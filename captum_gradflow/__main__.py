@@ -1,6 +1,8 @@
-"""Command line: ``python -m captum_gradflow demo [--out DIR] [--quick]``.
+"""Command line: ``python -m captum_gradflow demo [--out DIR] [--quick]`` and
+``python -m captum_gradflow evaluate RECIPE.py --out DIR [...]`` (also under ``torchrun``).
 
-Only parses arguments; the demo itself lives in :mod:`captum_gradflow.demo`.
+Only parses arguments; the demo lives in :mod:`captum_gradflow.demo`, the evaluation in
+:mod:`captum_gradflow.evaluate`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     Examples::
 
         $ python -m captum_gradflow demo --quick --out demo_out
+        $ torchrun --nproc_per_node=2 -m captum_gradflow evaluate recipe.py --out eval_out
     """
     parser = argparse.ArgumentParser(prog="python -m captum_gradflow",
                                      description="captum_gradflow command line")
@@ -30,7 +33,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--quick", action="store_true", help="small sizes: about a minute on 2 CPU cores")
     demo.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_evaluate(sub)
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return _evaluate(args)
 
     from captum_gradflow.demo import DemoConfig, run_demo  # heavy imports after parsing
 
@@ -40,6 +46,44 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\nWrote {args.out}/report.md, results.json and {len(results['figures'])} figures.")
     for claim in results["claims"]:
         print(f"  [{verdict[claim['held']]}] {claim['claim']}: {claim['evidence']}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate a recipe's model and features over its whole data set",
+        description="Run RECIPE.py (defining model(), dataset(), features(); optionally target(y), "
+        "attribution(model), gad(model)) over every dataset index and write examples.parquet, "
+        "summary.json and summary.md to --out. Unchanged under torchrun --nproc_per_node=N.",
+    )
+    ev.add_argument("recipe", help="the recipe file (a Python file)")
+    ev.add_argument("--out", required=True, help="output folder (new, empty, or one to --resume)")
+    ev.add_argument("--batch-size", type=int, default=16, help="examples per batch (default: 16)")
+    ev.add_argument("--n-noise", type=int, default=32, help="noise features M (default: 32)")
+    ev.add_argument("--flow", action="store_true", help="also measure the flow alignment F")
+    ev.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from captum_gradflow.evaluate.recipe import load_recipe
+    from captum_gradflow.evaluate.runner import Settings, run_evaluation
+
+    settings = Settings(batch_size=args.batch_size, n_noise=args.n_noise, flow=args.flow,
+                        resume=args.resume, progress=not args.no_progress)
+    recipe = load_recipe(args.recipe)
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        recipe.model.to(device)
+    result = run_evaluation(recipe, args.out, settings, device=device)
+    if result is not None:
+        print(f"\nWrote {args.out}/examples.parquet ({len(result[0])} rows), summary.json, summary.md")
     return 0
 
 

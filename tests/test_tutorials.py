@@ -24,6 +24,7 @@ EXPECTED = [
     "03_regularized_training.ipynb",
     "04_gad.ipynb",
     "05_region_metrics.ipynb",
+    "06_dataset_evaluation.ipynb",
     "07_volumes.ipynb",
 ]
 

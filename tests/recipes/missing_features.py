@@ -1,0 +1,2 @@
+"""Bad test recipe: no features()."""
+from lesions import dataset, model  # noqa: F401
