@@ -53,7 +53,9 @@ def noise_comparison(s: Tensor, s_noise: Tensor, names: List[str], construction:
 
 
 def _key(value: Any) -> Any:
-    return ("tensor", id(value)) if isinstance(value, Tensor) else value
+    if isinstance(value, Tensor):
+        return ("tensor", id(value))
+    return tuple(value) if isinstance(value, list) else value
 
 
 def cached_noise(cache: dict, features: Sequence[Feature], x: Tensor, mask: Optional[Tensor],
@@ -66,15 +68,16 @@ def cached_noise(cache: dict, features: Sequence[Feature], x: Tensor, mask: Opti
     directions of the same noise objects are reused too. Tensors are keyed by identity; the
     cache keeps them alive, so an identity is never reused while its entry exists.
     """
-    mask_key = _key(mask)  # make_noise may derive the noise from the features' mask
+    # make_noise may derive the noise from the call's mask or from the features' own masks.
+    own_masks = tuple(f.mask for f in features)
     key = (n_noise, int(seed), _key(noise_mask), _key(smooth_sigma), center_noise, input_index,
-           mask_key, tuple(x.shape[1:]), x.dtype, x.device)
+           _key(mask), tuple(_key(m) for m in own_masks), tuple(x.shape[1:]), x.dtype, x.device)
     if key not in cache:
         if len(cache) >= 8:
             cache.clear()
         drawn = draw_noise(features, x, mask, n_noise, seed, noise_mask, smooth_sigma,
                            center_noise, input_index)
-        cache[key] = (drawn, (mask, noise_mask))
+        cache[key] = (drawn, (mask, noise_mask, own_masks))  # alive: their ids stay unique
     return cache[key][0]
 
 

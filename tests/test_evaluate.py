@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from captum_gradflow import Brightness, Extent, FeatureAlignment, NoiseComparison, evaluate
+from captum_gradflow import Brightness, Extent, FeatureAlignment, NoiseComparison, evaluate, make_noise
 from captum_gradflow.__main__ import main
 from captum_gradflow.evaluate import load_recipe
 from captum_gradflow.evaluate.runner import Settings, run_evaluation
@@ -129,7 +129,11 @@ def test_evaluate_call_equals_the_alignment_apis_and_leaves_the_model_as_it_came
     assert table.equals(_table(tmp_path / "api"))
     model.eval()
     fa = FeatureAlignment(model, feats)
-    ref = fa.compare_to_noise(d.images, target=d.labels, mask=d.masks, n_noise=4, seed=0)
+    # The runner fixes the "auto" noise width once, from the first item, for every batch.
+    sigma = summary["settings"]["noise_options"]["smooth_sigma"]
+    assert sigma == pytest.approx(list(make_noise(Brightness(mask=d.masks[:1]), d.images[:1], None, 1).smooth_sigma))
+    ref = fa.compare_to_noise(d.images, target=d.labels, mask=d.masks, n_noise=4, seed=0,
+                              smooth_sigma=tuple(sigma))
     np.testing.assert_allclose(table[["S_brightness", "S_extent"]].to_numpy(), ref.S.numpy(), atol=1e-6)
     np.testing.assert_allclose(table[[f"noise_{j}" for j in range(4)]].to_numpy(), ref.S_noise.numpy(), atol=1e-6)
     np.testing.assert_allclose(table["p_extent"].to_numpy(), ref.p_value[:, 1].numpy(), atol=1e-12)

@@ -14,7 +14,7 @@ import copy
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -29,7 +29,8 @@ from captum_gradflow.alignment import FeatureAlignment
 from captum_gradflow.evaluate.recipe import Recipe, check_item
 from captum_gradflow.evaluate.storage import OutputFolder
 from captum_gradflow.evaluate.summary import comparison_columns, render_markdown, summarize
-from captum_gradflow.features import Feature, noise_features
+from captum_gradflow.features import Feature
+from captum_gradflow.noise import make_noise
 from captum_gradflow.flow import GradientFlowAlignment
 from captum_gradflow.metrics import compare_region_sensitivity, region_complexity
 from captum_gradflow.noise import NoiseComparison
@@ -71,6 +72,8 @@ def _describe(v: Any) -> Any:
 
         data = v.detach().cpu().contiguous().numpy().tobytes()
         return f"tensor{tuple(v.shape)} sha256 {hashlib.sha256(data).hexdigest()[:16]}"
+    if isinstance(v, (list, tuple)) and all(isinstance(e, (int, float)) for e in v):
+        return [float(e) for e in v]
     return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
 
 
@@ -87,12 +90,7 @@ class Measures:
         self.item_masked = [f for f, orig in zip(self.features, features) if f is not orig]
         self.names = [f.name for f in features]
         self.alignment = FeatureAlignment(model, self.features)
-        self.flow = None
-        if settings.flow:
-            opts = settings.noise_options
-            noise = noise_features(settings.n_noise, seed=NOISE_SEED, mask=opts.get("noise_mask"),
-                                   smooth_sigma=opts.get("smooth_sigma"))
-            self.flow = GradientFlowAlignment(model, self.features + noise)
+        self.flow = GradientFlowAlignment(model, self.features) if settings.flow else None
 
     def set_mask(self, mask: Optional[Tensor]) -> None:
         for f in self.item_masked:
@@ -109,9 +107,15 @@ class Measures:
         joint = self.alignment.joint(x, target=target)
         if self.flow is None:
             return point, joint, None, None
-        res = self.flow.attribute(x, target=target, return_details=True)
+        # The flow's noise is drawn as the point comparison's (make_noise, same options), and
+        # runs as extra features of the same flow so one path serves both; the runner needs
+        # the path details (boundary, length) that compare_to_noise does not return.
+        ns = make_noise(self.features, x, None, s.n_noise, seed=NOISE_SEED, **s.noise_options)
+        res = GradientFlowAlignment(self.model, self.features + ns.features).attribute(
+            x, target=target, return_details=True)
         m = len(self.names)
-        flow = NoiseComparison(res.alignment[:, :m], res.alignment[:, m:], self.names)
+        flow = NoiseComparison(res.alignment[:, :m].detach().cpu(), res.alignment[:, m:].detach().cpu(),
+                               self.names, construction=ns.description)
         return point, joint, flow, res
 
     def gad(self, recipe: Recipe, x: Tensor, target: Any) -> Dict[str, np.ndarray]:
@@ -221,9 +225,29 @@ def _prepare(folder: OutputFolder, recipe: Recipe, settings: Settings) -> set:
     return done
 
 
+def resolve_noise_scale(recipe: Recipe, settings: Settings) -> Settings:
+    """``settings`` with an ``"auto"`` noise smoothing fixed once for the whole data set.
+
+    make_noise's ``"auto"`` width is a statistic of the batch's masks; fixed from the first
+    item, every example's noise is the same whatever batch or rank it lands in.
+    """
+    if settings.noise_options.get("smooth_sigma", "auto") != "auto":
+        return settings
+    x, _, mask = check_item(recipe.dataset[0], 0)
+    feats = [copy.copy(f) for f in recipe.features]
+    for f in feats:
+        if f.mask is None and mask is not None:
+            f.mask = mask.reshape(1, 1, *x.shape[1:])
+    opts = {k: v for k, v in settings.noise_options.items() if k != "smooth_sigma"}
+    sigma = make_noise(feats, x[None], None, 1, **opts).smooth_sigma
+    sigma = None if sigma is None else [float(v) for v in sigma]
+    return replace(settings, noise_options=dict(settings.noise_options, smooth_sigma=sigma))
+
+
 def run_evaluation(recipe: Recipe, out: "os.PathLike[str] | str", settings: Settings,
                    device: Optional[torch.device] = None) -> Optional[Tuple[Any, Dict[str, Any]]]:
     """Evaluate ``recipe`` into ``out``; rank 0 returns ``(table, summary)``, others ``None``."""
+    settings = resolve_noise_scale(recipe, settings)
     group = _Group()
     try:
         folder = OutputFolder(out)
