@@ -40,7 +40,7 @@ from benchmarks.report import MAIN, describe, misses, render_markdown, write_jso
 __all__ = ["TOPICS", "MODELS", "CONTRACT", "Config", "build_plan", "contract_problems",
            "load_topics", "run_all", "machine_info", "other_cpu_load", "main"]
 
-TOPICS: Tuple[str, ...] = ("alignment", "flow", "regularizer", "gad", "metrics")
+TOPICS: Tuple[str, ...] = ("alignment", "flow", "regularizer", "gad", "metrics", "evaluate")
 """The topic modules, in report order: ``benchmarks.bench_<topic>``."""
 
 MODELS: Tuple[str, ...] = ("small_cnn", "resnet18")
