@@ -45,7 +45,7 @@ def test_quick_demo_writes_report_tables_figures_and_json(demo):
     for name in ("report.md", "table_alignment.md", "table_gad.md"):
         assert (out / name).stat().st_size > 200
     assert results["figures"] == sorted(f"figures/{name}.png" for name in (
-        "alignment_vs_noise", "gradient_flow", "lambda_sweep", "feature_ablation", "one_output",
+        "alignment_vs_noise", "gradient_flow", "lambda_sweep", "feature_ablation", "one_output", "noise_constructions",
         "gad_IntegratedGradients", "gad_Saliency", "gad_InputXGradient"))
     report = (out / "report.md").read_text()
     for fig in results["figures"]:
@@ -106,9 +106,10 @@ def test_claims_are_decided_from_the_numbers(demo):
     claims = results["claims"]
     sections = [c["section"] for c in claims]
     # Two features used, J, accuracy; the sweep's two; one per ablated feature; the one-output
-    # model's four; RC and RS per GAD method.
+    # model's four; the decoy under three noise constructions and brightness under all; RC and
+    # RS per GAD method.
     assert sections == (["alignment"] * 4 + ["lambda_sweep"] * 2 + ["ablation"] * 2 + ["one_output"] * 4
-                        + ["gad"] * 6)
+                        + ["noise"] * 4 + ["gad"] * 6)
     assert all(isinstance(c["held"], bool) for c in claims)
     report = (out / "report.md").read_text()
     for c in claims:
@@ -181,6 +182,7 @@ NEW_SECTIONS = {  # section title -> (figure, table, claims section key)
     "The λ sweep: accuracy against alignment": ("figures/lambda_sweep.png", "table_lambda_sweep.md", "lambda_sweep"),
     "Feature ablation": ("figures/feature_ablation.png", "table_ablation.md", "ablation"),
     "The paper's one-output model": ("figures/one_output.png", "table_one_output.md", "one_output"),
+    "How the noise baseline moves the verdicts": ("figures/noise_constructions.png", "table_noise.md", "noise"),
 }
 
 
@@ -322,3 +324,20 @@ def test_config_rejects_a_sweep_without_its_baseline():
     with pytest.raises(ValueError, match="distinct"):
         DemoConfig(lambda_values=(0.0, 1.0, 1.0))
     assert DemoConfig(lambda_values=(10, 0, 1)).lambda_values == (0.0, 1.0, 10.0)
+
+
+def test_noise_constructions_state_how_noise_was_drawn_and_decide_from_p(demo):
+    out, results = demo
+    study = results["noise"]
+    assert [(r["in_mask"], r["smooth_sigma"]) for r in study["rows"]] == [(False, 0.0), (False, 2.0), (True, 2.0)]
+    # The demo's own construction is the last one: its numbers are those of section 1.
+    assert study["rows"][-1]["models"]["plain"]["S"] == results["alignment"]["plain"]["S"]
+    assert "restricted to each image's lesion mask" in (out / "report.md").read_text()
+    edited = json.loads(json.dumps(results))
+    for row in edited["noise"]["rows"]:
+        row["models"]["plain"]["S"]["log_aspect_ratio"]["p"] = 0.5
+        row["models"]["plain"]["S"]["brightness"]["p"] = 1e-5
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "noise"] == [True] * 4
+    first = edited["noise"]["rows"][0]["models"]["plain"]["S"]
+    first["log_aspect_ratio"]["p"], first["brightness"]["p"] = 1e-7, 0.2
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "noise"] == [False, True, True, False]

@@ -116,6 +116,26 @@ def one_output_claims(results: Dict[str, Any], alpha: float, drop: float) -> Lis
             + _regularizer_claims("one_output", one, " (one-output model)", alpha, drop))
 
 
+def noise_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
+    """Per construction, the decoy does not beat noise; the label's main feature always does."""
+    study = results["noise"]
+    decoy, out = study["decoy"], []
+    for row in study["rows"]:
+        p = _num(row["models"]["plain"]["S"][decoy]["p"])
+        out.append(_claim(
+            "noise", PAPER1, f"With noise drawn over the {row['construction']}, the decoy feature {decoy} "
+            f"(not in the label's rule) does not beat noise on the λ = 0 model (p ≥ {alpha})",
+            p >= alpha if math.isfinite(p) else None,
+            f"S/noise ×{_num(row['models']['plain']['S'][decoy]['ratio']):.2g} ({p_is(p)})"))
+    main = study["label_features"][0]
+    ps = [_num(row["models"]["plain"]["S"][main]["p"]) for row in study["rows"]]
+    out.append(_claim(
+        "noise", PAPER1, f"{main}, which the label depends on, beats noise on the λ = 0 model under every "
+        f"construction (p < {alpha})", all(p < alpha for p in ps) if _finite(*ps) else None,
+        "; ".join(f"{row['construction']}: {p_is(p)}" for row, p in zip(study["rows"], ps))))
+    return out
+
+
 def gad_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
     """GAD's maps are simpler, and what they keep matters more than what they drop."""
     gad = results["gad"]["methods"]
@@ -142,6 +162,7 @@ CLAIMS: List[Tuple[str, Callable[[Dict[str, Any], float, float], List[Claim]]]] 
     ("lambda_sweep", lambda_sweep_claims),
     ("ablation", ablation_claims),
     ("one_output", one_output_claims),
+    ("noise", noise_claims),
     ("gad", gad_claims),
 ]
 

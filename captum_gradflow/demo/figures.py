@@ -14,7 +14,8 @@ from captum_gradflow import visualization as viz
 from captum_gradflow.noise import NoiseComparison
 
 __all__ = [
-    "ablation_figure", "alignment_figure", "flow_figure", "gad_figures", "lambda_sweep_figure", "one_output_figure",
+    "ablation_figure", "alignment_figure", "flow_figure", "gad_figures", "lambda_sweep_figure", "noise_figure",
+    "one_output_figure",
 ]
 
 
@@ -147,4 +148,32 @@ def one_output_figure(parts: Dict[str, Any], models: Dict[str, Dict[str, Any]], 
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.set_title("one output vs two outputs", fontsize=11)
+    return viz.save_figure(fig, path)
+
+
+def noise_figure(study: Dict[str, Any], path: Path, alpha: float = 0.05) -> Path:
+    """Mean ratio of S to noise per feature under each noise construction, one panel per
+    model; hatched bars do not beat noise (p >= ``alpha``)."""
+    rows = study["rows"]
+    names = list(rows[0]["models"]["plain"]["S"])
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    width = 0.8 / len(rows)
+    xs = np.arange(len(names))
+    for ax, (model, title) in zip(axes, (("plain", "λ = 0"), ("regularized", "regularized"))):
+        for k, row in enumerate(rows):
+            s = row["models"][model]["S"]
+            ratio = [_value(s[n]["ratio"]) for n in names]
+            bars = ax.bar(xs + (k - (len(rows) - 1) / 2) * width, ratio, width, color=f"C{k}",
+                          edgecolor="black", linewidth=0.5, label=row["construction"])
+            for bar, n in zip(bars, names):
+                if not _value(s[n]["p"]) < alpha:
+                    bar.set_hatch("//")
+        ax.axhline(1.0, color="0.3", linestyle="--", linewidth=0.9)
+        ax.set_yscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([n + (" (decoy)" if n == study["decoy"] else "") for n in names])
+        ax.set_title(f"{title}: mean S / noise (hatched: p ≥ {alpha:g})", fontsize=11)
+    axes[0].set_ylabel("mean ratio of S to noise")
+    axes[1].legend(fontsize=8, frameon=False, loc="upper right")
     return viz.save_figure(fig, path)

@@ -16,6 +16,7 @@ from .config import DemoConfig, RunContext
 from .formatting import finite_or_none
 from .gad_digits import gad_experiment
 from .lesions import lesion_experiment
+from .noise_study import noise_constructions
 from .report import build_sections, report_markdown
 from .studies import feature_ablation, lambda_sweep, one_output_model
 
@@ -30,6 +31,7 @@ EXPERIMENTS: List[Tuple[str, str, Experiment]] = [
     ("lambda_sweep", "λ sweep", lambda_sweep),
     ("ablation", "feature ablation", feature_ablation),
     ("one_output", "one-output model", one_output_model),
+    ("noise", "noise constructions", noise_constructions),
     ("gad", "GAD on digits", gad_experiment),
 ]
 

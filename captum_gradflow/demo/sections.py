@@ -194,6 +194,39 @@ def one_output_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path
     return Section("The paper's one-output model", body, {"one_output": fig}, {"table_one_output.md": table})
 
 
+def noise_table(study: Dict[str, Any], alpha: float = 0.05) -> str:
+    """One row per construction and model: mean noise S, and each feature's ratio and p."""
+    names = list(study["rows"][0]["models"]["plain"]["S"])
+    lines = ["| noise drawn over | model | mean noise S | " + " | ".join(f"{n}: S / noise (p)" for n in names)
+             + f" | features beating noise (p < {alpha}) |", "|---" * (4 + len(names)) + "|"]
+    for row in study["rows"]:
+        for model, label in (("plain", "λ = 0"), ("regularized", "regularized")):
+            r = row["models"][model]
+            cells = " | ".join(f"×{r['S'][n]['ratio']:.2g} ({p_cell(r['S'][n]['p'])})" for n in names)
+            beat = ", ".join(n for n in names if (r["S"][n]["p"] or 1.0) < alpha) or "none"
+            lines.append(f"| {row['construction']} | {label} | {r['noise_S_mean']:.3g} | {cells} | {beat} |")
+    return "\n".join(lines)
+
+
+def noise_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path) -> Section:
+    study = results["noise"]
+    fig = figures.noise_figure(study, out / "figures" / "noise_constructions.png")
+    table = noise_table(study)
+    body = "\n".join([
+        "A feature is used by the model when it beats random directions, and the verdict depends on how "
+        f"those are drawn. The two models of section 1, the same test images and {study['n_noise']} noise "
+        "directions drawn three ways: over the whole image (a mask of ones) without smoothing, over the whole "
+        "image smoothed on the features' scale, and smoothed inside each image's lesion mask, the construction "
+        f"of every other section. The label's rule uses {' and '.join(study['label_features'])} only: "
+        f"{study['decoy']} is a decoy, and a construction under which it beats noise flatters every feature. "
+        "Noise restricted to the mask also shares the mask's mean direction, which is brightness' gradient, "
+        "so it rises with the regularized model's alignment (tutorial 03 explains the effect).", "",
+        table, "", _link("feature to noise ratio under each noise construction", fig, out), "",
+        verdict_table(results["claims"], "noise"), "",
+    ])
+    return Section("How the noise baseline moves the verdicts", body, {"noise": fig}, {"table_noise.md": table})
+
+
 def gad_table(gad: Dict[str, Any]) -> str:
     """RC and the RS comparison per method."""
     lines = ["| method | median RC | median regions (base → GAD) | RS(GAD) > RS(base − GAD) | "
@@ -237,5 +270,6 @@ SECTIONS: List[Tuple[str, SectionFunction]] = [
     ("lambda_sweep", lambda_sweep_section),
     ("ablation", ablation_section),
     ("one_output", one_output_section),
+    ("noise", noise_section),
     ("gad", gad_section),
 ]
