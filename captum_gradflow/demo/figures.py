@@ -145,8 +145,8 @@ def one_output_figure(parts: Dict[str, Any], models: Dict[str, Dict[str, Any]], 
     ax.bar(xs + 0.2, acc, 0.4, color="C0", label="balanced accuracy", edgecolor="black", linewidth=0.5)
     ax.set_xticks(xs)
     ax.set_xticklabels(list(models), fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.set_ylim(0, 1.2)
+    ax.legend(fontsize=8, frameon=False, loc="upper center", ncol=2)
     ax.set_title("one output vs two outputs", fontsize=11)
     return viz.save_figure(fig, path)
 
