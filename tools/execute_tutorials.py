@@ -51,6 +51,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     # The kernel inherits this environment.
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    # Captum imports tqdm.auto, which warns in a kernel without ipywidgets; the warning (with
+    # this machine's paths) would otherwise ship in every notebook's first output.
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        [w for w in [os.environ.get("PYTHONWARNINGS")] if w] + ["ignore:IProgress not found"])
     failed = []
     for path in paths:
         start = time.perf_counter()
