@@ -306,13 +306,13 @@ def test_flow_vs_noise_keeps_its_result_keys(demo):
 
 def test_flow_vs_noise_compares_features_with_noise_on_the_same_flows(lesions_small):
     from captum_gradflow import SmallCNN
-    from captum_gradflow.demo.lesions import flow_vs_noise
+    from captum_gradflow.demo.lesions import _flow_vs_noise
 
     cfg = DemoConfig.quick(n_noise=5, flow_max_steps=10)
     torch.manual_seed(0)
     model = SmallCNN().eval()
     x, y, m = lesions_small.images[:6], lesions_small.labels[:6], lesions_small.masks[:6]
-    report = flow_vs_noise(model, x, y, m, cfg)
+    report = _flow_vs_noise(model, x, y, m, cfg)
     assert report.feature_names == ["brightness", "extent", "log_aspect_ratio"]
     assert report.S.shape == (6, 3) and report.S_noise.shape == (6, 5)
     assert ((report.S_noise >= 0) & (report.S_noise <= 1)).all()

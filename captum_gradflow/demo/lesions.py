@@ -5,7 +5,7 @@ Every model of the lesion experiments starts from the same initial weights (``cf
 and sees the same batches in the same order; only the loss differs. A model is measured on
 the test split by :func:`evaluate_lesion_model`: balanced accuracy, the joint alignment J,
 each feature's pointwise alignment S against noise and, optionally, its flow alignment F
-against noise (:func:`flow_vs_noise`).
+against noise (:func:`_flow_vs_noise`).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .config import DemoConfig, RunContext
 from .formatting import nanmean, nanmedian, paired_greater
 
 __all__ = [
-    "accuracy", "evaluate_lesion_model", "feature_rows", "features", "flow_summary", "flow_vs_noise",
+    "accuracy", "evaluate_lesion_model", "feature_rows", "features", "flow_summary",
     "lesion_data", "lesion_experiment", "lesion_regularizer", "noise_construction", "train_lesion_model",
 ]
 
@@ -157,7 +157,7 @@ def evaluate_lesion_model(model: nn.Module, test: Lesions, cfg: DemoConfig,
         n = min(cfg.flow_examples, len(test))
         xf, mf = x[:n], masks[:n]
         tf = None if target is None else target[:n]
-        report = flow_vs_noise(model, xf, tf, mf, cfg)
+        report = _flow_vs_noise(model, xf, tf, mf, cfg)
         details = GradientFlowAlignment(model, features()).attribute(
             xf, target=tf, mask=mf, max_steps=cfg.flow_max_steps, return_path=True)
         result.update(flow_summary(report, details))
@@ -167,8 +167,8 @@ def evaluate_lesion_model(model: nn.Module, test: Lesions, cfg: DemoConfig,
     return result, parts
 
 
-def flow_vs_noise(model: nn.Module, x: Tensor, target: Optional[Tensor], masks: Tensor,
-                  cfg: DemoConfig) -> NoiseComparison:
+def _flow_vs_noise(model: nn.Module, x: Tensor, target: Optional[Tensor], masks: Tensor,
+                   cfg: DemoConfig) -> NoiseComparison:
     """Flow alignment F of the features and of ``cfg.n_noise`` noise directions.
 
     The noise is drawn as for S (:func:`noise_construction`): smoothed, inside the features'
