@@ -56,7 +56,7 @@ class DemoConfig:
     smooth_sigma: float = 2.0
     flow_examples: int = 64
     flow_max_steps: int = 40
-    lambda_values: Tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+    lambda_values: Tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1000.0)
     digits_classes: Tuple[int, int] = (3, 8)
     digits_size: int = 32
     digits_epochs: int = 15
