@@ -34,7 +34,13 @@ def _numbers(obj, path="results"):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    results = run_demo(out, quick=True, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = run_demo(out, quick=True, progress=False)  # one thread while it runs
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
     return out, results
 
 
@@ -137,6 +143,8 @@ def test_quick_config_is_smaller_and_validated(tmp_path):
     assert DemoConfig.quick(seed=3).seed == 3
     with pytest.raises(TypeError, match="DemoConfig"):
         run_demo(tmp_path, config={"quick": True})
+    with pytest.raises(ValueError, match="num_threads"):
+        run_demo(tmp_path, quick=True, num_threads=0)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
