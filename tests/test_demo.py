@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from captum_gradflow.demo import DemoConfig, evaluate_claims, run_demo
 
@@ -33,7 +34,13 @@ def _numbers(obj, path="results"):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    results = run_demo(out, quick=True, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = run_demo(out, quick=True, progress=False)  # one thread while it runs
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
     return out, results
 
 
@@ -43,7 +50,9 @@ def test_quick_demo_writes_report_tables_figures_and_json(demo):
     assert on_disk == results
     for name in ("report.md", "table_alignment.md", "table_gad.md"):
         assert (out / name).stat().st_size > 200
-    assert len(results["figures"]) == 5  # alignment, flow, and GAD for three methods
+    assert results["figures"] == sorted(f"figures/{name}.png" for name in (
+        "alignment_vs_noise", "gradient_flow", "lambda_sweep", "feature_ablation", "one_output", "noise_constructions",
+        "gad_IntegratedGradients", "gad_Saliency", "gad_InputXGradient"))
     report = (out / "report.md").read_text()
     for fig in results["figures"]:
         data = (out / fig).read_bytes()
@@ -59,8 +68,8 @@ def test_every_number_is_finite_and_in_range(demo):
     assert nulls == [], f"undefined values in results.json: {nulls}"
     for path, value in _numbers(results):
         assert math.isfinite(value), path
-    for model in ("plain", "regularized"):
-        r = results["alignment"][model]
+    for r in (results["alignment"]["plain"], results["alignment"]["regularized"],
+              results["one_output"]["plain"], results["one_output"]["regularized"]):
         assert 0.5 <= r["balanced_accuracy"] <= 1.0
         assert 0.0 <= r["J_median"] <= 1.0 and 0.0 <= r["J_mean"] <= 1.0
         for kind in ("S", "F"):
@@ -101,7 +110,12 @@ def test_tables_hold_the_measured_numbers(demo):
 def test_claims_are_decided_from_the_numbers(demo):
     out, results = demo
     claims = results["claims"]
-    assert len(claims) == 2 + 2 + 2 * 3  # two features used, J, accuracy; RC and RS per method
+    sections = [c["section"] for c in claims]
+    # Two features used, J, accuracy; the sweep's two; one per ablated feature; the one-output
+    # model's four; the decoy under three noise constructions and brightness under all; RC and
+    # RS per GAD method.
+    assert sections == (["alignment"] * 4 + ["lambda_sweep"] * 2 + ["ablation"] * 2 + ["one_output"] * 4
+                        + ["noise"] * 4 + ["gad"] * 6)
     assert all(isinstance(c["held"], bool) for c in claims)
     report = (out / "report.md").read_text()
     for c in claims:
@@ -116,8 +130,8 @@ def test_claims_are_decided_from_the_numbers(demo):
         m["median_rc"], m["frac_rs_gad_greater"], m["rs_paired_p"] = 1.0, 0.2, 0.9
     for row in plain["S"].values():
         row["p"] = 0.5
-    again = evaluate_claims(flipped)
-    assert [c["held"] for c in again] == [False] * len(claims)
+    again = [c for c in evaluate_claims(flipped) if c["section"] in ("alignment", "gad")]
+    assert [c["held"] for c in again] == [False] * 10
     assert "J went from 50.0% to 10.0%" in again[2]["evidence"]
     plain["J_mean"] = None  # undefined in JSON: the claim is undecided, not decided
     assert evaluate_claims(flipped)[2]["held"] is None
@@ -129,6 +143,8 @@ def test_quick_config_is_smaller_and_validated(tmp_path):
     assert DemoConfig.quick(seed=3).seed == 3
     with pytest.raises(TypeError, match="DemoConfig"):
         run_demo(tmp_path, config={"quick": True})
+    with pytest.raises(ValueError, match="num_threads"):
+        run_demo(tmp_path, quick=True, num_threads=0)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -168,3 +184,168 @@ def test_cli_runs_the_demo_with_its_arguments(demo, monkeypatch, capsys, tmp_pat
     assert config == DemoConfig.quick(seed=4)
     printed = capsys.readouterr().out
     assert printed.count("[held]") + printed.count("[did NOT hold]") == len(results["claims"])
+
+
+NEW_SECTIONS = {  # section title -> (figure, table, claims section key)
+    "The λ sweep: accuracy against alignment": ("figures/lambda_sweep.png", "table_lambda_sweep.md", "lambda_sweep"),
+    "Feature ablation": ("figures/feature_ablation.png", "table_ablation.md", "ablation"),
+    "The paper's one-output model": ("figures/one_output.png", "table_one_output.md", "one_output"),
+    "How the noise baseline moves the verdicts": ("figures/noise_constructions.png", "table_noise.md", "noise"),
+}
+
+
+def _section_text(report: str, title: str) -> str:
+    match = re.search(rf"^## \d+\. {re.escape(title)}\n(.*?)(?=^## |\Z)", report, re.S | re.M)
+    assert match, f"no section {title!r} in the report"
+    return match.group(1)
+
+
+def test_new_sections_each_have_their_figure_table_and_verdicts(demo):
+    out, results = demo
+    report = (out / "report.md").read_text()
+    for title, (figure, table, key) in NEW_SECTIONS.items():
+        text = _section_text(report, title)
+        assert f"]({figure})" in text and figure in results["figures"]
+        data = (out / figure).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+        assert table in results["tables"] and (out / table).read_text().strip() in text
+        mine = [c for c in results["claims"] if c["section"] == key]
+        assert mine
+        for c in mine:
+            verdict = "claim held" if c["held"] else "did not hold"
+            assert f"| {c['claim']} | {c['evidence']} | **{verdict}** |" in text
+
+
+def test_lambda_sweep_rows_reuse_the_two_models_and_choose_from_accuracy(demo):
+    _, results = demo
+    from captum_gradflow.demo.studies import choose_lambda
+
+    sweep, les = results["lambda_sweep"], results["alignment"]
+    cfg = DemoConfig.quick()
+    rows = {r["lambda"]: r for r in sweep["rows"]}
+    assert sorted(rows) == list(cfg.lambda_values) and len(rows) >= 5 and 0.0 in rows
+    assert rows[0.0]["J_mean"] == les["plain"]["J_mean"]
+    assert rows[cfg.reg_brightness]["J_mean"] == les["regularized"]["J_mean"]
+    assert rows[cfg.reg_brightness]["weights"] == les["weights"]
+    floor = rows[0.0]["balanced_accuracy"] - sweep["max_accuracy_drop"]
+    within = [lam for lam, r in rows.items() if r["balanced_accuracy"] >= floor]
+    assert sweep["chosen_lambda"] == max(within) == choose_lambda(sweep["rows"], sweep["max_accuracy_drop"])
+
+
+def _sweep_claims(results):
+    return [c for c in evaluate_claims(results) if c["section"] == "lambda_sweep"]
+
+
+def test_lambda_sweep_verdicts_follow_the_numbers(demo):
+    _, results = demo
+    edited = json.loads(json.dumps(results))
+    rows = edited["lambda_sweep"]["rows"]
+    base = rows[0]
+    assert base["lambda"] == 0.0
+    for r in rows[1:]:  # every λ > 0 costs accuracy: the choice falls back to 0, no J gain
+        r["balanced_accuracy"] = base["balanced_accuracy"] - 0.2
+    tuned, tradeoff = _sweep_claims(edited)
+    assert tuned["held"] is False and "chosen λ = 0" in tuned["evidence"]
+    assert tradeoff["held"] is True
+    for r in rows[1:]:  # no λ costs accuracy, and the largest raises J significantly
+        r["balanced_accuracy"] = base["balanced_accuracy"]
+    top = rows[-1]
+    top["J_mean"], top["J_paired_p"] = base["J_mean"] + 0.2, 1e-5
+    tuned, tradeoff = _sweep_claims(edited)
+    assert tuned["held"] is True and f"chosen λ = {top['lambda']:g}" in tuned["evidence"]
+    assert tradeoff["held"] is False
+    top["J_paired_p"] = 0.4  # the same gain, not significant
+    assert _sweep_claims(edited)[0]["held"] is False
+    top["J_mean"] = None
+    assert _sweep_claims(edited)[0]["held"] is None
+
+
+def test_ablation_and_one_output_verdicts_follow_the_numbers(demo):
+    _, results = demo
+    edited = json.loads(json.dumps(results))
+    abl = edited["ablation"]
+    for f, row in abl["removed"].items():
+        abl["full"]["S"][f]["mean"], row["S"][f]["mean"], row["S_drop_p"] = 0.9, 0.1, 1e-6
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "ablation"] == [True, True]
+    abl["removed"]["extent"]["S_drop_p"] = 0.5
+    abl["removed"]["brightness"]["S"]["brightness"]["mean"] = 0.95
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "ablation"] == [False, False]
+
+    one = edited["one_output"]
+    for row in one["plain"]["S"].values():
+        row["p"] = 1e-6
+    for row in one["plain"]["F"].values():
+        row["p"] = 1e-6
+    one["plain"]["J_mean"], one["regularized"]["J_mean"], one["J_paired_p"] = 0.2, 0.8, 1e-6
+    one["regularized"]["balanced_accuracy"] = one["plain"]["balanced_accuracy"]
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "one_output"] == [True] * 4
+    one["plain"]["F"]["brightness"]["p"] = 0.3
+    one["J_paired_p"] = 0.3
+    one["regularized"]["balanced_accuracy"] = one["plain"]["balanced_accuracy"] - 0.1
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "one_output"] == [False, True, False, False]
+
+
+def test_ablation_removes_one_weight_at_a_time(demo):
+    _, results = demo
+    abl = results["ablation"]
+    assert abl["full"] == {k: results["alignment"]["regularized"][k] for k in abl["full"]}
+    assert set(abl["removed"]) == set(abl["weights"]) == {"brightness", "extent"}
+    for f, row in abl["removed"].items():
+        assert row["weights"][f] == 0.0
+        assert all(row["weights"][g] == w for g, w in abl["weights"].items() if g != f)
+        assert 0.0 < row["S_drop_p"] <= 1.0 and 0.0 <= row["J_mean"] <= 1.0
+
+
+def test_one_output_model_is_measured_like_the_two_output_one(demo):
+    _, results = demo
+    one, two = results["one_output"], results["alignment"]
+    for model in ("plain", "regularized"):
+        assert set(one[model]) == set(two[model])  # S, F, J, noise, flow: the same entries
+    assert "BCE" in one["loss"]
+
+
+def test_flow_vs_noise_keeps_its_result_keys(demo):
+    _, results = demo
+    keys = {"F", "noise_F_mean", "flow_examples", "flow_reached_boundary", "flow_median_length"}
+    for model in ("plain", "regularized"):
+        assert keys <= set(results["alignment"][model])
+        assert results["alignment"][model]["flow_examples"] == DemoConfig.quick().flow_examples
+
+
+def test_flow_vs_noise_compares_features_with_noise_on_the_same_flows(lesions_small):
+    from captum_gradflow import SmallCNN
+    from captum_gradflow.demo.lesions import _flow_vs_noise
+
+    cfg = DemoConfig.quick(n_noise=5, flow_max_steps=10)
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x, y, m = lesions_small.images[:6], lesions_small.labels[:6], lesions_small.masks[:6]
+    report = _flow_vs_noise(model, x, y, m, cfg)
+    assert report.feature_names == ["brightness", "extent", "log_aspect_ratio"]
+    assert report.S.shape == (6, 3) and report.S_noise.shape == (6, 5)
+    assert ((report.S_noise >= 0) & (report.S_noise <= 1)).all()
+
+
+def test_config_rejects_a_sweep_without_its_baseline():
+    with pytest.raises(ValueError, match="contain 0"):
+        DemoConfig(lambda_values=(1.0, 10.0))
+    with pytest.raises(ValueError, match="distinct"):
+        DemoConfig(lambda_values=(0.0, 1.0, 1.0))
+    assert DemoConfig(lambda_values=(10, 0, 1)).lambda_values == (0.0, 1.0, 10.0)
+
+
+def test_noise_constructions_state_how_noise_was_drawn_and_decide_from_p(demo):
+    out, results = demo
+    study = results["noise"]
+    assert [(r["in_mask"], r["smooth_sigma"]) for r in study["rows"]] == [(False, 0.0), (False, 2.0), (True, 2.0)]
+    # The demo's own construction is the last one: its numbers are those of section 1.
+    assert study["rows"][-1]["models"]["plain"]["S"] == results["alignment"]["plain"]["S"]
+    assert "restricted to each image's lesion mask" in (out / "report.md").read_text()
+    edited = json.loads(json.dumps(results))
+    for row in edited["noise"]["rows"]:
+        row["models"]["plain"]["S"]["log_aspect_ratio"]["p"] = 0.5
+        row["models"]["plain"]["S"]["brightness"]["p"] = 1e-5
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "noise"] == [True] * 4
+    first = edited["noise"]["rows"][0]["models"]["plain"]["S"]
+    first["log_aspect_ratio"]["p"], first["brightness"]["p"] = 1e-7, 0.2
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "noise"] == [False, True, True, False]
