@@ -6,6 +6,7 @@ Nothing is downloaded: lesions are generated, digits come from scikit-learn's bu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Callable, Dict, Sequence, Union
 
 import numpy as np
@@ -256,6 +257,8 @@ def digits_pair(
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
+        raise ValueError(f"size must be a positive int (pixels per side), got {size!r}")
     classes = tuple(int(c) for c in classes)
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"classes must name at least 2 distinct digits, got {classes}")
