@@ -92,17 +92,20 @@ def run(
         rows.append(row("attribute (3 features) vs Saliency", others[1], others[0], None, **common))
         rows.append(row("joint (3 features) vs Saliency", others[2], others[0], None, **common))
     if model_name == "small_cnn":
-        rows.append(_volume_row(quick, device, repeats, warmup))
+        rows.append(_volume_row(quick, device, repeats, warmup, batch, size))
     return rows
 
 
-def _volume_row(quick: bool, device: str, repeats: int, warmup: int) -> Dict[str, object]:
-    """The target row on volumes: SmallCNN3d on a batch of 8 lesion volumes ``1 x 32^3``.
+def _volume_row(quick: bool, device: str, repeats: int, warmup: int, batch: int, size: int
+                ) -> Dict[str, object]:
+    """The target row on volumes: SmallCNN3d on lesion volumes, at the default point a batch
+    of 8 volumes ``1 x 32^3`` (half the images' batch, a quarter of their side, so the
+    scaling points halve batch and side like the image rows; an eighth in quick mode).
 
     3-D moments (a 3x3 covariance and its eigenvectors for the aspect ratio) and the noise
     smoothed over three axes, against one Saliency gradient of the same 3-D CNN.
     """
-    batch, size = 8, 16 if quick else 32
+    batch, size = max(1, batch // 2), max(8, size // (8 if quick else 4))
     torch.manual_seed(0)
     model = SmallCNN3d(num_classes=2).to(device).eval()
     data = synthetic_lesions_3d(batch, size=size, seed=0)
