@@ -183,6 +183,8 @@ def quantus_explain(
     x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, Tensor) else inputs)
     if x.dim() < 2:
         raise ValueError(f"inputs must be a batch (N, ...), got shape {tuple(x.shape)}")
+    # Before the move to the model's device: a meta tensor cannot be copied anywhere.
+    check_batch((x,), None, "quantus_explain inputs", floating=False)
     if not channel_first:
         x = x.movedim(-1, 1)
     # a fresh leaf that requires grad: gradient methods need it, and the caller's array is not

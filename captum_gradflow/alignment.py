@@ -26,10 +26,10 @@ from captum_gradflow._common import (
 from captum_gradflow.decision import decision_basis, joint_alignment
 from captum_gradflow.features import Feature, as_feature_list
 from captum_gradflow.gradients import GradientPath, measure
-from captum_gradflow.noise import NoiseComparison
 from captum_gradflow._noise_call import check_noise_arguments, noise_comparison, path_with_noise
+from captum_gradflow.noise import NoiseComparison
 
-__all__ = ["FeatureAlignment"]
+__all__ = ["FeatureAlignment", "call_inputs", "noise_path"]
 
 _DECISIONS = ("target", "subspace")
 MaskArg = Union[Tensor, str, None]
@@ -141,8 +141,7 @@ class FeatureAlignment(GradientAttribution):
             >>> fa.attribute(torch.rand(2, 1, 32, 32), decision="subspace").shape
             torch.Size([2, 1])
         """
-        xs, _ = format_inputs(inputs)
-        mask, additional_forward_args = split_mask(mask, xs[0].shape[0], additional_forward_args)
+        xs, _, mask, additional_forward_args = call_inputs(inputs, mask, additional_forward_args)
         self._check_call(xs, decision)
         with _guard.preserved(self.forward_func, xs, "FeatureAlignment.attribute"):
             path = GradientPath(self.features, xs, [mask] * len(self.features))
@@ -185,8 +184,7 @@ class FeatureAlignment(GradientAttribution):
             >>> fa.joint(torch.rand(3, 1, 32, 32), target=0).shape
             torch.Size([3])
         """
-        xs, _ = format_inputs(inputs)
-        mask, additional_forward_args = split_mask(mask, xs[0].shape[0], additional_forward_args)
+        xs, _, mask, additional_forward_args = call_inputs(inputs, mask, additional_forward_args)
         self._check_call(xs, "target")
         with _guard.preserved(self.forward_func, xs, "FeatureAlignment.joint"):
             grads = GradientPath(self.features, xs, [mask] * len(self.features))(xs)
@@ -249,14 +247,11 @@ class FeatureAlignment(GradientAttribution):
             >>> r.S.shape, r.S_noise.shape
             (torch.Size([6, 1]), torch.Size([6, 4]))
         """
-        xs, _ = format_inputs(inputs)
-        mask, additional_forward_args = split_mask(mask, xs[0].shape[0], additional_forward_args)
+        xs, _, mask, additional_forward_args = call_inputs(inputs, mask, additional_forward_args)
         self._check_call(xs, decision)
-        check_noise_arguments(n_noise, noise_input_index, len(xs))
         with _guard.preserved(self.forward_func, xs, "FeatureAlignment.compare_to_noise"):
-            path, construction = path_with_noise(self, self.features, xs, mask, n_noise, seed,
-                                                 noise_mask, smooth_sigma, center_noise,
-                                                 noise_input_index)
+            path, construction = noise_path(self, xs, mask, n_noise, seed, noise_mask,
+                                            smooth_sigma, center_noise, noise_input_index)
             grads = path(xs)
             dec = decision_basis(self.forward_func, xs, target, additional_forward_args, decision,
                                  self.rank_tol)
@@ -280,6 +275,30 @@ class FeatureAlignment(GradientAttribution):
                     f"feature '{f.name}' reads input {f.input_index} but only {len(xs)} "
                     "input tensors were given"
                 )
+
+
+def call_inputs(inputs: TensorOrTuple, mask: MaskArg, additional_forward_args: Any
+                ) -> Tuple[Tuple[Tensor, ...], bool, Optional[Tensor], Any]:
+    """``(inputs as a tuple, was_tuple, mask, additional_forward_args)`` of an alignment call.
+
+    Shared by every entry point of :class:`FeatureAlignment` and
+    :class:`~captum_gradflow.GradientFlowAlignment`: a per-example mask passed with
+    ``mask="from_args"`` is split from the additional arguments (see
+    :func:`captum_gradflow._common.split_mask`).
+    """
+    xs, was_tuple = format_inputs(inputs)
+    mask, additional_forward_args = split_mask(mask, xs[0].shape[0], additional_forward_args)
+    return xs, was_tuple, mask, additional_forward_args
+
+
+def noise_path(holder: Any, xs: Tuple[Tensor, ...], mask: Optional[Tensor], n_noise: int,
+               seed: int, noise_mask: Union[str, Tensor, None], smooth_sigma: Union[str, float, None],
+               center_noise: Optional[bool], noise_input_index: int) -> Tuple[GradientPath, str]:
+    """The checked noise arguments of a ``compare_to_noise`` call, and the gradient path of
+    ``holder.features`` followed by the noise features; with the construction's description."""
+    check_noise_arguments(n_noise, noise_input_index, len(xs))
+    return path_with_noise(holder, holder.features, xs, mask, n_noise, seed, noise_mask,
+                           smooth_sigma, center_noise, noise_input_index)
 
 
 def _warn_nan(values: Tensor, names: Sequence[str], what: str, stacklevel: int = 3) -> None:

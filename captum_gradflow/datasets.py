@@ -6,6 +6,7 @@ Nothing is downloaded: lesions are generated, digits come from scikit-learn's bu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Callable, Dict, Sequence, Union
 
 import numpy as np
@@ -102,9 +103,7 @@ def synthetic_lesions(
     """
     _check_lesion_args(n, size, positive_fraction, 16)
     rng = np.random.default_rng(seed)
-    brightness = rng.uniform(0.35, 0.85, n)
-    extent = rng.uniform(0.12, 0.24, n) * size
-    aspect = rng.uniform(0.0, np.log(2.5), n)
+    brightness, extent, aspect = _lesion_draws(rng, n, size)
     angle = rng.uniform(0, np.pi, n)
     center = size / 2 + rng.uniform(-0.12, 0.12, (n, 2)) * size
     a = extent * np.exp(aspect / 2)
@@ -118,13 +117,31 @@ def synthetic_lesions(
         u = dx * np.cos(angle[i]) + dy * np.sin(angle[i])
         v = -dx * np.sin(angle[i]) + dy * np.cos(angle[i])
         r = np.sqrt((u / a[i]) ** 2 + (v / b[i]) ** 2)
-        lesion = 1.0 / (1.0 + np.exp((r - 1.0) * 8.0))
-        background = 0.15 + texture * gaussian_filter(rng.standard_normal((size, size)), size / 16)
-        img = background + (brightness[i] - 0.15) * lesion + noise * rng.standard_normal((size, size))
-        images[i, 0] = np.clip(img, 0.0, 1.0)
-        masks[i, 0] = 1.0 / (1.0 + np.exp((r - 1.4) * 6.0))
+        images[i, 0], masks[i, 0] = _render(r, brightness[i], rng, size, noise, texture)
 
     return _labelled(images, masks, brightness, extent, aspect, rule, positive_fraction)
+
+
+def _lesion_draws(rng: np.random.Generator, n: int, size: int
+                  ) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
+    """Brightness, extent (in pixels) and log aspect ratio of ``n`` lesions, independent draws."""
+    brightness = rng.uniform(0.35, 0.85, n)
+    extent = rng.uniform(0.12, 0.24, n) * size
+    aspect = rng.uniform(0.0, np.log(2.5), n)
+    return brightness, extent, aspect
+
+
+def _render(r: np.ndarray, brightness: float, rng: np.random.Generator, size: int, noise: float,
+            texture: float) -> "tuple[np.ndarray, np.ndarray]":
+    """Image (or volume) and soft mask of one lesion from its normalised radius ``r``.
+
+    ``r`` is 1 on the lesion's boundary; the background is a smooth texture (one draw), then
+    per-pixel noise (a second draw), in this order for every generator.
+    """
+    lesion = 1.0 / (1.0 + np.exp((r - 1.0) * 8.0))
+    background = 0.15 + texture * gaussian_filter(rng.standard_normal(r.shape), size / 16)
+    img = background + (brightness - 0.15) * lesion + noise * rng.standard_normal(r.shape)
+    return np.clip(img, 0.0, 1.0), 1.0 / (1.0 + np.exp((r - 1.4) * 6.0))
 
 
 def _labelled(
@@ -200,9 +217,7 @@ def synthetic_lesions_3d(
     """
     _check_lesion_args(n, size, positive_fraction, 8)
     rng = np.random.default_rng(seed)
-    brightness = rng.uniform(0.35, 0.85, n)
-    extent = rng.uniform(0.12, 0.24, n) * size
-    aspect = rng.uniform(0.0, np.log(2.5), n)
+    brightness, extent, aspect = _lesion_draws(rng, n, size)
     rotation = np.linalg.qr(rng.standard_normal((n, 3, 3)))[0]  # random orthonormal axes
     center = size / 2 + rng.uniform(-0.12, 0.12, (n, 3)) * size
     semi = extent[:, None] * np.exp(np.stack([aspect / 2, 0 * aspect, -aspect / 2], 1))
@@ -213,12 +228,7 @@ def synthetic_lesions_3d(
     for i in range(n):
         local = (coords - center[i]) @ rotation[i] / semi[i]
         r = np.sqrt((local ** 2).sum(-1))
-        lesion = 1.0 / (1.0 + np.exp((r - 1.0) * 8.0))
-        shape = (size, size, size)
-        background = 0.15 + texture * gaussian_filter(rng.standard_normal(shape), size / 16)
-        img = background + (brightness[i] - 0.15) * lesion + noise * rng.standard_normal(shape)
-        images[i, 0] = np.clip(img, 0.0, 1.0)
-        masks[i, 0] = 1.0 / (1.0 + np.exp((r - 1.4) * 6.0))
+        images[i, 0], masks[i, 0] = _render(r, brightness[i], rng, size, noise, texture)
     return _labelled(images, masks, brightness, extent, aspect, rule, positive_fraction)
 
 
@@ -256,6 +266,8 @@ def digits_pair(
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
+        raise ValueError(f"size must be a positive int (pixels per side), got {size!r}")
     classes = tuple(int(c) for c in classes)
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"classes must name at least 2 distinct digits, got {classes}")

@@ -25,11 +25,10 @@ from captum_gradflow._common import (
     TensorOrTuple,
     check_finite,
     count_nan,
-    format_inputs,
     format_output,
-    split_mask,
 )
-from captum_gradflow._noise_call import check_noise_arguments, noise_comparison, path_with_noise
+from captum_gradflow._noise_call import noise_comparison
+from captum_gradflow.alignment import MaskArg, call_inputs, noise_path
 from captum_gradflow.features import Feature, as_feature_list
 from captum_gradflow.flow_state import FlowIntegrator
 from captum_gradflow.gradients import GradientPath
@@ -38,7 +37,6 @@ from captum_gradflow.noise import NoiseComparison
 __all__ = ["GradientFlowAlignment", "FlowResult"]
 
 _INTEGRATORS = ("euler", "heun")
-MaskArg = Union[Tensor, str, None]
 
 
 @dataclass
@@ -199,8 +197,7 @@ class GradientFlowAlignment(GradientAttribution):
                 ``max_steps``, ``max_length``, negative ``eps``, or a bad target form.
             IndexError: Target out of range, or a feature reading a missing input.
         """
-        xs, was_tuple = format_inputs(inputs)
-        mask, additional_forward_args = split_mask(mask, xs[0].shape[0], additional_forward_args)
+        xs, was_tuple, mask, additional_forward_args = call_inputs(inputs, mask, additional_forward_args)
         self._check_arguments(xs, step_size, max_steps, max_length, integrator, threshold, eps)
         with _guard.preserved(self.forward_func, xs, "GradientFlowAlignment.attribute"):
             path = GradientPath(self.features, xs, [mask] * len(self.features))
@@ -255,14 +252,11 @@ class GradientFlowAlignment(GradientAttribution):
             >>> r.S.shape, r.S_noise.shape
             (torch.Size([4, 1]), torch.Size([4, 4]))
         """
-        xs, was_tuple = format_inputs(inputs)
-        mask, additional_forward_args = split_mask(mask, xs[0].shape[0], additional_forward_args)
+        xs, was_tuple, mask, additional_forward_args = call_inputs(inputs, mask, additional_forward_args)
         self._check_arguments(xs, step_size, max_steps, max_length, integrator, threshold, eps)
-        check_noise_arguments(n_noise, noise_input_index, len(xs))
         with _guard.preserved(self.forward_func, xs, "GradientFlowAlignment.compare_to_noise"):
-            path, construction = path_with_noise(self, self.features, xs, mask, n_noise, seed,
-                                                 noise_mask, smooth_sigma, center_noise,
-                                                 noise_input_index)
+            path, construction = noise_path(self, xs, mask, n_noise, seed, noise_mask,
+                                            smooth_sigma, center_noise, noise_input_index)
             res = self._flow(path, xs, was_tuple, target, additional_forward_args, threshold,
                              step_size, int(max_steps), max_length, integrator, eps, False)
         _warn_flow(res, stacklevel=2)

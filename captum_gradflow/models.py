@@ -96,11 +96,8 @@ class SmallCNN3d(_SmallCNN):
     ``AvgPool3d`` and an adaptive pool to ``pool_size^3``.
 
     Args:
-        in_channels: Volume channels.
-        num_classes: Number of logits (at least 1).
-        channels: Output channels of the three convolutions.
-        hidden: Widths of the two dense hidden layers.
-        pool_size: Side of the feature volume fed to the dense layers.
+        As :class:`SmallCNN`'s, with ``in_channels`` the volume's channels and ``pool_size``
+        the side of the cubic feature volume fed to the dense layers.
 
     Examples::
 

@@ -51,6 +51,7 @@ class Feature(ABC):
 
     # -- public ------------------------------------------------------------------------
     def __call__(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        self._check_input(x, self._floating_values)
         value = self.compute(x, self._mask(x, mask))
         if not isinstance(value, Tensor):
             raise TypeError(f"feature '{self.name}' returned {type(value).__name__}, not a Tensor")
@@ -69,6 +70,7 @@ class Feature(ABC):
         Uses the closed form where the feature has one, autograd otherwise. The result is
         detached; ``x`` and its ``requires_grad`` flag are left as they were.
         """
+        self._check_input(x, True)
         m = self._mask(x, mask)
         g = self.closed_form_gradient(x.detach(), m)
         if g is not None:
@@ -143,6 +145,19 @@ class Feature(ABC):
         """
         return _CallableFeature(fn, name, gradient, mask, input_index, uses_mask)
 
+    # A built-in feature's value, like every gradient, is defined on floating-point inputs
+    # only; a user's callable may also be evaluated on integer data.
+    _floating_values = True
+
+    def _check_input(self, x: Tensor, floating: bool) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"feature '{self.name}' expects a Tensor, got {type(x).__name__}")
+        if floating and not x.is_floating_point():
+            raise TypeError(
+                f"feature '{self.name}' got inputs of dtype {x.dtype}; it needs floating-point "
+                "inputs (convert with .float(), scaling integer intensities as you intend)"
+            )
+
     def _mask(self, x: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
         mask = self.mask if mask is None else mask
         return None if mask is None else normalize_mask(mask, x, self.name)
@@ -152,7 +167,17 @@ class Feature(ABC):
 
 
 class _CallableFeature(Feature):
+    _floating_values = False
+
     def __init__(self, fn, name, gradient, mask, input_index, uses_mask) -> None:
+        for what, f in (("fn", fn), ("gradient", gradient)):
+            if f is not None and not callable(f):
+                raise TypeError(
+                    f"Feature.from_callable: {what} must be callable (a function of x or of x "
+                    f"and mask), got {type(f).__name__}"
+                )
+        if fn is None:
+            raise TypeError("Feature.from_callable: fn must be callable, got None")
         super().__init__(name, mask, input_index)
         self.fn = fn
         self.fn_gradient = gradient

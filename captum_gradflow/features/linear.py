@@ -1,6 +1,7 @@
 """Linear features ``<r, x>`` and the seeded noise directions of the baseline (docs/definitions.md, 2.3)."""
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -147,8 +148,10 @@ class NoiseFeature(LinearFeature):
         input_index: int = 0,
         center: bool = False,
     ) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, Integral):
+            raise TypeError(f"NoiseFeature seed must be an int, got {seed!r}")
         super().__init__(None, name or f"noise_{seed}", mask, input_index)
-        self.seed = seed
+        self.seed = int(seed)
         self.smooth_sigma = smooth_sigma
         self.center = bool(center)
         self._cache: Dict[Tuple, Tensor] = {}

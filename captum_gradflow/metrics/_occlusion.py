@@ -150,6 +150,11 @@ def _per_example(t: Tensor, x: Tensor) -> bool:
 def _take_target(target: TargetType, e: Tensor, n: int) -> TargetType:
     """The targets of rows ``e`` (example indices) of an expanded batch."""
     if isinstance(target, Tensor) and target.numel() > 1:
+        if target.numel() != n:
+            raise ValueError(
+                f"target tensor has shape {tuple(target.shape)}; expected a single value or one "
+                f"per example ({n})"
+            )
         return target.reshape(-1)[e.to(target.device)]
     if isinstance(target, list):
         if len(target) != n:

@@ -39,6 +39,8 @@ __all__ = [
     "region_sensitivity",
 ]
 
+RegionArg = Union[RegionsLike, Sequence[Optional[RegionsLike]]]
+BaselineArg = Union[BaselineType, Tuple[BaselineType, ...]]
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,9 @@ class RegionSensitivityComparison:
 def region_sensitivity(
     forward_func: Callable[..., Tensor],
     inputs: TensorOrTuple,
-    regions: Union[RegionsLike, Sequence[Optional[RegionsLike]]],
+    regions: RegionArg,
     target: TargetType = None,
-    baseline: Union[BaselineType, Tuple[BaselineType, ...]] = "mean",
+    baseline: BaselineArg = "mean",
     score: ScoreType = "margin",
     additional_forward_args: Any = None,
     max_examples_per_batch: Optional[int] = None,
@@ -151,10 +153,8 @@ def region_sensitivity(
         >>> region_sensitivity(model, x, mask, target=0).tolist()
         [48.0]
     """
-    xs, was_tuple = format_inputs(inputs)
-    check_batch(xs, forward_func, "region_sensitivity inputs")
-    check_target_dtype(target)
-    baselines = baselines_for(baseline, xs)
+    xs, was_tuple, baselines = _checked_call(forward_func, inputs, target, baseline,
+                                             "region_sensitivity")
     masks = masks_for(regions, xs, was_tuple, region_kwargs)
     fraction = occluded_fraction(masks, xs)
     with preserved(forward_func, xs, "region_sensitivity"):
@@ -176,10 +176,10 @@ def region_sensitivity(
 def compare_region_sensitivity(
     forward_func: Callable[..., Tensor],
     inputs: TensorOrTuple,
-    gad_attr: Union[RegionsLike, Sequence[Optional[RegionsLike]]],
-    base_attr: Union[RegionsLike, Sequence[Optional[RegionsLike]]],
+    gad_attr: RegionArg,
+    base_attr: RegionArg,
     target: TargetType = None,
-    baseline: Union[BaselineType, Tuple[BaselineType, ...]] = "mean",
+    baseline: BaselineArg = "mean",
     score: ScoreType = "margin",
     additional_forward_args: Any = None,
     max_examples_per_batch: Optional[int] = None,
@@ -231,10 +231,8 @@ def compare_region_sensitivity(
         raise ValueError(
             f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}"
         )
-    xs, was_tuple = format_inputs(inputs)
-    check_batch(xs, forward_func, "compare_region_sensitivity inputs")
-    check_target_dtype(target)
-    baselines = baselines_for(baseline, xs)
+    xs, was_tuple, baselines = _checked_call(forward_func, inputs, target, baseline,
+                                             "compare_region_sensitivity")
     gad = masks_for(gad_attr, xs, was_tuple, region_kwargs, name="gad_attr")
     base = masks_for(base_attr, xs, was_tuple, region_kwargs, name="base_attr")
     rest = tuple(
@@ -267,6 +265,15 @@ def compare_region_sensitivity(
         reasons=reasons,
         test_note=note,
     )
+
+
+def _checked_call(forward_func: Callable[..., Tensor], inputs: TensorOrTuple, target: TargetType,
+                  baseline: BaselineArg, what: str) -> Tuple[Tuple[Tensor, ...], bool, Tuple[Tensor, ...]]:
+    """The checks both metrics make before any work: ``(inputs, was_tuple, baselines)``."""
+    xs, was_tuple = format_inputs(inputs)
+    check_batch(xs, forward_func, f"{what} inputs")
+    check_target_dtype(target)
+    return xs, was_tuple, baselines_for(baseline, xs)
 
 
 def _paired_test(diff: np.ndarray, alternative: str) -> Tuple[float, float, str]:
