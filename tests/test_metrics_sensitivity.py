@@ -155,13 +155,15 @@ def test_compare_finds_that_gad_kept_what_matters():
     gad[..., :, 8:] = 0.0  # GAD keeps the used block only
     result = compare_region_sensitivity(model, x, gad, base, target=0, region_kwargs={"q": 1.0})
     assert result.n_pairs == 8 and result.n_undefined == 0
-    assert result.gad_wins == 1.0
+    assert result.win_rate == 1.0
+    with pytest.warns(DeprecationWarning, match="win_rate"):
+        assert result.gad_wins == result.win_rate  # the old name still reads the rate
     assert torch.equal(result.rest, torch.zeros(8, dtype=torch.float64))
     assert result.p_value == pytest.approx(1 / 256)  # exact one-sided test, 8 positive pairs
     assert torch.allclose(result.gad_fraction, torch.full((8,), 36 / SIZE**2, dtype=torch.float64))
     reverse = compare_region_sensitivity(model, x, base - gad, base, target=0,
                                          region_kwargs={"q": 1.0})
-    assert reverse.gad_wins == 0.0 and reverse.p_value > 0.99
+    assert reverse.win_rate == 0.0 and reverse.p_value > 0.99
 
 
 def test_compare_reports_undefined_pairs():
@@ -256,7 +258,7 @@ def test_compare_region_sensitivity_on_volumes_and_the_guard():
     gad[..., :, :, 6:] = 0.0
     with pytest.warns(UserWarning, match="train mode"):
         result = compare_region_sensitivity(model, x, gad, base, target=0, region_kwargs={"q": 1.0})
-    assert result.n_pairs == 6 and result.gad_wins == 1.0
+    assert result.n_pairs == 6 and result.win_rate == 1.0
     assert model.training and torch.equal(model.norm.running_mean, stats)
     with pytest.raises(ValueError, match="empty batch"):
         compare_region_sensitivity(model, x[:0], gad[:0], base[:0], target=0)

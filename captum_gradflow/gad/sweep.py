@@ -67,7 +67,7 @@ def evaluate_gad(
     return {
         "kept_fraction": float(np.nanmedian(torch.cat(kept).numpy())),
         "rc": float(np.nanmedian(rc.numpy())) if (~torch.isnan(rc)).any() else float("nan"),
-        "rs_win_rate": rs.gad_wins,
+        "rs_win_rate": rs.win_rate,
         "rs_p": rs.p_value,
         "rs_pairs": rs.n_pairs,
         "n_eval": len(x),

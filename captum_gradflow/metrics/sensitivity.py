@@ -74,7 +74,8 @@ class RegionSensitivityComparison:
         gad_fraction: ``(N,)`` occluded fraction for ``gad``.
         rest_fraction: ``(N,)`` occluded fraction for ``rest``.
         n_pairs: Examples where both are defined.
-        gad_wins: Fraction of those where ``gad > rest`` (NaN without pairs).
+        win_rate: Fraction of those where ``gad > rest`` (NaN without pairs); a rate, not a
+            yes/no (``gad_wins``, its old name, still reads it with a DeprecationWarning).
         statistic: Wilcoxon signed-rank statistic of ``gad - rest`` (NaN when untestable).
         p_value: Its p-value for ``alternative`` (default: gad greater).
         n_undefined: Examples where ``gad`` or ``rest`` is NaN.
@@ -87,12 +88,18 @@ class RegionSensitivityComparison:
     gad_fraction: Tensor
     rest_fraction: Tensor
     n_pairs: int
-    gad_wins: float
+    win_rate: float
     statistic: float
     p_value: float
     n_undefined: int
     reasons: List[str]
     test_note: str
+
+    @property
+    def gad_wins(self) -> float:
+        """Deprecated name of :attr:`win_rate` (a fraction of images, not a yes/no)."""
+        warnings.warn("RegionSensitivityComparison.gad_wins is now win_rate", DeprecationWarning, stacklevel=2)
+        return self.win_rate
 
 
 def region_sensitivity(
@@ -224,7 +231,7 @@ def compare_region_sensitivity(
         >>> gad = base.clone()
         >>> gad[:, :, :, 4:] = 0.0  # GAD keeps the corner the model uses
         >>> result = compare_region_sensitivity(model, x, gad, base, region_kwargs={"q": 1.0})
-        >>> result.gad_wins
+        >>> result.win_rate
         1.0
     """
     if alternative not in ("greater", "less", "two-sided"):
@@ -258,7 +265,7 @@ def compare_region_sensitivity(
         gad_fraction=rs_gad.fraction,
         rest_fraction=rs_rest.fraction,
         n_pairs=int(both.sum()),
-        gad_wins=float((diff > 0).mean()) if len(diff) else float("nan"),
+        win_rate=float((diff > 0).mean()) if len(diff) else float("nan"),
         statistic=statistic,
         p_value=p_value,
         n_undefined=int((~both).sum()),
