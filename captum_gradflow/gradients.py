@@ -19,7 +19,7 @@ Definitions: docs/definitions.md, sections 2.1 (squared cosine), 2.4 (projection
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -75,6 +75,45 @@ class LinearGroup:
     directions: Tensor  # (d_i, M): R transposed, the layout the matmuls read fastest
     squares: Tensor  # (d_i, M): R * R, for the masked norms
     mask: Optional[Tensor]  # (n, d_i) per-example mask; a shared mask is folded into R
+    # > 0: centred features, gradient (r - c) * m with c the per-channel mean of r under m^2
+    # (Feature.centred_direction); the input's channel count. 0: gradient r * m.
+    channels: int = 0
+
+    def terms(self, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(<v, g_j>, |g_j|^2)`` for every feature ``j`` of the group, without forming ``g_j``.
+
+        ``v`` is ``(n, d_i)`` or ``(n, k, d_i)``; returns ``(n, [k,] M)`` and ``(n or 1, M)``.
+        Two matrix products for masked directions; a centred group subtracts ``c_j <v, m>``
+        per channel and ``|c_j|^2 sum(m^2)`` from the norm.
+        """
+        rt, r2t = self.directions.to(v.dtype), self.squares.to(v.dtype)
+        if self.mask is None:
+            return v @ rt, r2t.sum(0)[None]
+        m = self.mask.to(v.dtype)
+        mv = v * (m if v.dim() == 2 else m[:, None])
+        dots, norms = mv @ rt, (m * m) @ r2t
+        if self.channels:
+            n, ch = m.shape[0], self.channels
+            w = (m * m).reshape(n, ch, -1)
+            wsum = w.sum(2)  # (n, C)
+            c = torch.einsum("ncp,cpm->ncm", w, rt.reshape(ch, -1, rt.shape[1])) / wsum[..., None]
+            mv_c = mv.reshape(*mv.shape[:-1], ch, -1).sum(-1)  # (n, [k,] C)
+            dots = dots - (mv_c @ c if v.dim() == 3 else (mv_c[:, None] @ c)[:, 0])
+            norms = norms - (c * c * wsum[..., None]).sum(1)
+        return dots, norms
+
+    def gradient(self, col: int) -> Tensor:
+        """The gradient of the group's ``col``-th feature, ``(1 or n, d_i)``."""
+        r = self.directions[:, col][None]
+        if self.mask is None:
+            return r
+        if not self.channels:
+            return r * self.mask
+        n, ch = self.mask.shape[0], self.channels
+        w = (self.mask * self.mask).reshape(n, ch, -1)
+        rc = r.reshape(1, ch, -1)
+        c = (w * rc).sum(2, keepdim=True) / w.sum(2, keepdim=True)
+        return ((rc - c).reshape(n, -1)) * self.mask
 
 
 @dataclass
@@ -95,8 +134,7 @@ class FeatureGradients:
             yield j, i, g
         for grp in self.linear:
             for c, j in enumerate(grp.columns):
-                r = grp.directions[:, c][None]
-                yield j, grp.input_index, (r if grp.mask is None else r * grp.mask)
+                yield j, grp.input_index, grp.gradient(c)
 
 
 class GradientPath:
@@ -139,7 +177,8 @@ class GradientPath:
         self._normalized: Dict[Tuple[int, int], Tuple[Optional[Tensor], Optional[Tensor]]] = {}
         self._cache = cache
         self.masks: List[Optional[Tensor]] = []
-        self.linear: Dict[Tuple[int, int], List[Tuple[int, Tensor]]] = {}
+        # (input index, mask identity, centred) -> the linear features sharing them
+        self.linear: Dict[Tuple[int, int, bool], List[Tuple[int, Tensor]]] = {}
         self.moments: Dict[Tuple[int, int], List[int]] = {}
         self.other: List[int] = []
         for j, f in enumerate(self.features):
@@ -152,8 +191,11 @@ class GradientPath:
             self.masks.append(self._normalize(j, x))
             key = (i, id(self._raw[j]))
             r = f.linear_direction(x)
+            centred = r is None
+            if centred:
+                r = f.centred_direction(x)
             if r is not None:
-                self.linear.setdefault(key, []).append((j, _checked_direction(f, r, x)))
+                self.linear.setdefault((*key, centred), []).append((j, _checked_direction(f, r, x)))
             elif _declares_moments(f, x):
                 self.moments.setdefault(key, []).append(j)
             else:
@@ -169,7 +211,7 @@ class GradientPath:
             self._normalized[key] = (raw, normalize_mask(raw, x, self.features[j].name))
         return self._normalized[key][1]
 
-    def _stack(self, key: Tuple[int, int], items: List[Tuple[int, Tensor]], x: Tensor):
+    def _stack(self, key: Tuple[int, int, bool], items: List[Tuple[int, Tensor]], x: Tensor):
         ids = (tuple(id(self.features[j]) for j, _ in items), tuple(x.shape[1:]), x.dtype, x.device)
         if self._cache is not None and ids in self._cache:
             rt, r2t = self._cache[ids]
@@ -181,7 +223,9 @@ class GradientPath:
                     self._cache.clear()
                 self._cache[ids] = (rt, r2t)
         m = self.masks[items[0][0]]
-        if m is not None and m.shape[0] == 1:
+        if m is None and key[2]:  # centred over the whole input
+            m = torch.ones_like(x[:1, :1])
+        if m is not None and m.shape[0] == 1 and not key[2]:
             rt = rt * m.expand(1, *x.shape[1:]).reshape(-1, 1)  # a shared mask folds into R
             return rt, rt * rt, None
         if m is not None:
@@ -196,9 +240,11 @@ class GradientPath:
     def __call__(self, xs: Tuple[Tensor, ...], rows: Optional[Tensor] = None) -> FeatureGradients:
         """Gradients at ``xs``, the batch's rows ``rows`` (None: all) at possibly moved points."""
         out = FeatureGradients(len(self.features))
-        for (i, _), items in self.linear.items():
-            rt, r2t, m = self._stacks[(i, _)]
-            out.linear.append(LinearGroup(i, [j for j, _r in items], rt, r2t, self._mask_rows(m, rows)))
+        for key, items in self.linear.items():
+            rt, r2t, m = self._stacks[key]
+            i = key[0]
+            out.linear.append(LinearGroup(i, [j for j, _r in items], rt, r2t, self._mask_rows(m, rows),
+                                          xs[i].shape[1] if key[2] else 0))
         for (i, _), cols in self.moments.items():
             x = xs[i].detach()
             moments = CoordinateMoments(x, self._mask_rows(self.masks[cols[0]], rows))
@@ -281,14 +327,9 @@ def measure(basis: Tensor, defined: Tensor, grads: FeatureGradients, blocks: Seq
             dots = (b * g[:, None, :]).sum(-1)  # several times faster than a (d x 1) bmm
         s[:, j] = projection_ratio((dots * dots).sum(1), norm_g, defined).to(dtype)
     for grp in grads.linear:
-        b = basis[:, :, blocks[grp.input_index]].to(grp.directions.dtype)
-        if grp.mask is None:
-            dots = b @ grp.directions  # (n, k, M)
-            norm_g = grp.squares.sum(0).expand(n, -1)
-        else:
-            # <b, r * m> = <b * m, r> and |r * m|^2 = m^2 . r^2: two matmuls, no (n, M, d).
-            dots = (b * grp.mask[:, None]) @ grp.directions
-            norm_g = (grp.mask * grp.mask) @ grp.squares
+        # <b, r * m> = <b * m, r> and |r * m|^2 = m^2 . r^2: matmuls, no (n, M, d).
+        dots, norm_g = grp.terms(basis[:, :, blocks[grp.input_index]].to(grp.directions.dtype))
+        norm_g = norm_g.expand(n, -1)
         s[:, grp.columns] = projection_ratio((dots * dots).sum(1), norm_g, defined[:, None]).to(dtype)
     return s
 
@@ -327,18 +368,12 @@ def differentiable_squared_cosines(
         dots[:, cols] = torch.bmm(g, grad_f[i].unsqueeze(-1)).squeeze(-1)
         norm_g[:, cols] = ng
     for grp in grads.linear:
-        rt, r2t = grp.directions.to(norm_f.dtype), grp.squares.to(norm_f.dtype)
-        finite = torch.isfinite(rt).all(0)
+        finite = torch.isfinite(grp.directions).all(0)
         if not bool(finite.all()):
-            rt, r2t = torch.where(finite, rt, zero), torch.where(finite, r2t, zero)
-        gf = grad_f[grp.input_index]
-        if grp.mask is None:
-            dots[:, grp.columns] = gf @ rt
-            norm_g[:, grp.columns] = r2t.sum(0).expand(n, -1)
-        else:
-            m = grp.mask.to(norm_f.dtype)
-            dots[:, grp.columns] = (gf * m) @ rt
-            norm_g[:, grp.columns] = (m * m) @ r2t
+            grp = replace(grp, directions=torch.where(finite, grp.directions, 0.0),
+                          squares=torch.where(finite, grp.squares, 0.0))
+        d, ng = grp.terms(grad_f[grp.input_index].to(norm_f.dtype))
+        dots[:, grp.columns], norm_g[:, grp.columns] = d, ng.expand(n, -1)
     feature_bad = ~(norm_g > 0)
     undefined = feature_bad | ~(norm_f.detach() > 0)[:, None]
     denom = torch.where(undefined, torch.ones_like(norm_g), norm_f[:, None] * norm_g)

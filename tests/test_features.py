@@ -367,21 +367,26 @@ def test_linear_direction_is_none_for_a_subclass_overriding_the_gradient():
     assert torch.equal(OwnBase(0).linear_direction(x), torch.ones(1, 8, 8, dtype=torch.float64))
 
 
-def test_centred_noise_declares_a_direction_only_for_a_shared_mask():
+def test_centred_noise_declares_its_direction_for_the_mask_in_effect():
+    """Centred noise is ``(r - c) * m`` with ``c`` the mean of ``r`` under ``m^2``: it declares
+    ``r`` as a centred direction (valid for whatever mask a call passes), never as a plain
+    linear direction ``r * m`` (which a per-call mask would break)."""
     x, masks = _volume_data((3, 1, 6, 7, 8))
-    shared = NoiseFeature(3, mask=masks[:1], smooth_sigma=1.5, center=True)
-    r = shared.linear_direction(x)
-    g = shared.gradient(x)
-    torch.testing.assert_close(g, (r * masks[:1]).expand_as(x))
-    # Orthogonal to the mask's own direction (brightness' gradient) in every example.
-    assert torch.allclose((g * masks[:1]).flatten(1).sum(1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
-    per_example = NoiseFeature(3, mask=masks, smooth_sigma=1.5, center=True)
-    assert per_example.linear_direction(x) is None
-    gp = per_example.gradient(x)
-    assert torch.allclose((gp * masks).flatten(1).sum(1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
-    torch.testing.assert_close(per_example(x), (gp * x).flatten(1).sum(1))
-    unmasked = NoiseFeature(3, center=True).linear_direction(x)
-    assert abs(float(unmasked.sum())) < 1e-12
+    for own in (masks[:1], masks, None):
+        f = NoiseFeature(3, mask=own, smooth_sigma=1.5, center=True)
+        assert f.linear_direction(x) is None
+        r = f.centred_direction(x)
+        for m in (own, masks, masks[:1]):
+            g = f.gradient(x, m)
+            mm = torch.ones_like(x[:1]) if m is None else m
+            w = mm * mm
+            c = (r * w).flatten(1).sum(1) / w.flatten(1).sum(1)
+            torch.testing.assert_close(g, ((r - c.reshape(-1, 1, 1, 1, 1)) * mm).expand_as(x))
+            # orthogonal to the mask's own direction (brightness' gradient) in every example
+            assert torch.allclose((g * mm).flatten(1).sum(1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+            torch.testing.assert_close(f(x, m), (g * x).flatten(1).sum(1))
+    assert NoiseFeature(3).centred_direction(x) is None
+    assert NoiseFeature(3).linear_direction(x) is not None
 
 
 @pytest.mark.parametrize("shape", [(3, 1, 6, 7, 8), (3, 2, 9, 10), (3, 1, 11)])

@@ -164,14 +164,15 @@ def test_make_noise_warns_when_the_noise_covers_much_more_than_the_features():
         make_noise([Brightness()], x, None, 2, noise_mask=None)  # unmasked features
 
 
-def test_centred_noise_is_orthogonal_to_the_mask_and_declares_its_direction():
+def test_centred_noise_is_orthogonal_to_the_mask_and_declares_its_centred_direction():
     x = torch.rand(3, 1, 16, 16, dtype=torch.float64)
     mask = _disc(5, size=16).double()
     ns = make_noise([Brightness(mask=mask)], x, None, 3)
     for f in ns.features:
         g = f.gradient(x)
         assert torch.allclose((g * mask).flatten(1).sum(1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
-        torch.testing.assert_close(g, (f.linear_direction(x) * mask).expand_as(x))
+        r, w = f.centred_direction(x), mask * mask  # (r - c) * m, c the mean of r under m^2
+        torch.testing.assert_close(g, ((r - (r * w).sum() / w.sum()) * mask).expand_as(x))
 
 
 def test_table_shows_the_construction_and_concat_keeps_it():

@@ -113,6 +113,16 @@ class Feature(ABC):
         """
         return None
 
+    def centred_direction(self, x: Tensor) -> Optional[Tensor]:
+        """Direction ``r`` (shape ``x.shape[1:]``) with ``gradient(x, m) == (r - c) * m``, or None.
+
+        ``c`` is the mean of ``r`` under the weights ``m^2``, per example and channel: a
+        linear feature centred inside a per-example mask (the default noise baseline).
+        Alignment code aligns many of them with matrix products, as for
+        :meth:`linear_direction`. The base class declares nothing.
+        """
+        return None
+
     def moment_gradient(self, moments: "CoordinateMoments") -> Optional[Tensor]:
         """Gradient ``(N, *x.shape[1:])`` from shared coordinate moments, or None.
 

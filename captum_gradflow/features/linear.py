@@ -174,15 +174,16 @@ class NoiseFeature(LinearFeature):
         return r if m is None else r * m
 
     def linear_direction(self, x: Tensor) -> Optional[Tensor]:
-        if overrides(self, NoiseFeature, _LINEAR_METHODS):
+        # A centred direction depends on the mask in effect, which a per-call mask may
+        # replace: it is declared by centred_direction instead.
+        if self.center or overrides(self, NoiseFeature, _LINEAR_METHODS):
             return None
-        r = self._checked_direction(x)
-        if not self.center:
-            return r[0]
-        m = self._mask(x, None)
-        if m is not None and m.shape[0] != 1:
-            return None  # centred per example: no single direction
-        return _centred(r, m)[0]
+        return self._checked_direction(x)[0]
+
+    def centred_direction(self, x: Tensor) -> Optional[Tensor]:
+        if not self.center or overrides(self, NoiseFeature, _LINEAR_METHODS + ("centred_direction",)):
+            return None
+        return self._checked_direction(x)[0]
 
 
 def _centred(r: Tensor, m: Optional[Tensor]) -> Tensor:
