@@ -5,12 +5,12 @@ package keeps its own few (docs/definitions.md, section 5).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from captum_gradflow._guard import check_target_dtype
+from captum_gradflow._checks import check_target_dtype
 from captum_gradflow._native_conv import native_one_channel_conv_grads
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]

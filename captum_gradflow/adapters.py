@@ -15,7 +15,8 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_gradflow._common import TargetType, TensorOrTuple, check_finite, format_inputs, format_output, select_target
-from captum_gradflow._guard import check_batch, preserved
+from captum_gradflow._checks import check_batch
+from captum_gradflow._guard import preserved
 
 
 def _one_hot_output(target: TargetType) -> Callable[[Tensor], Tensor]:

@@ -14,7 +14,7 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_gradflow import _guard
+from captum_gradflow import _checks, _guard
 from captum_gradflow._common import (
     TargetType,
     TensorOrTuple,
@@ -267,7 +267,7 @@ class FeatureAlignment(GradientAttribution):
     def _check_call(self, xs: Tuple[Tensor, ...], decision: str) -> None:
         if decision not in _DECISIONS:
             raise ValueError(f"decision must be one of {_DECISIONS}, got {decision!r}")
-        _guard.check_batch(xs, self.forward_func, "FeatureAlignment inputs")
+        _checks.check_batch(xs, self.forward_func, "FeatureAlignment inputs")
         check_finite(xs)
         for f in self.features:
             if not 0 <= f.input_index < len(xs):

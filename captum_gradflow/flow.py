@@ -19,7 +19,7 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_gradflow import _guard
+from captum_gradflow import _checks, _guard
 from captum_gradflow._common import (
     TargetType,
     TensorOrTuple,
@@ -308,7 +308,7 @@ class GradientFlowAlignment(GradientAttribution):
             raise ValueError(f"eps must be non-negative, got {eps}")
         if not torch.isfinite(torch.tensor(float(threshold))):
             raise ValueError(f"threshold must be finite, got {threshold}")
-        _guard.check_batch(xs, self.forward_func, "GradientFlowAlignment inputs")
+        _checks.check_batch(xs, self.forward_func, "GradientFlowAlignment inputs")
         check_finite(xs)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from captum_gradflow import _guard
+from captum_gradflow import _checks, _guard
 from captum_gradflow._common import (
     TargetType,
     TensorOrTuple,
@@ -272,7 +272,7 @@ class AlignmentRegularizer:
         xs, _ = format_inputs(inputs)
         if not isinstance(out, Tensor):
             raise TypeError(f"out must be the model's output Tensor, got {type(out).__name__}")
-        _guard.check_batch(xs, None, "AlignmentRegularizer inputs")
+        _checks.check_batch(xs, None, "AlignmentRegularizer inputs")
         with _guard.preserved(None, xs, "AlignmentRegularizer"):
             if any(t.requires_grad for t in xs):  # else the input gradient's error says why
                 _check_feature_inputs(self.features, xs)
@@ -307,7 +307,7 @@ class AlignmentRegularizer:
         if self.scale == 0.0:
             return self._skip(inputs)
         xs, _ = format_inputs(inputs)
-        _guard.check_batch(xs, forward_func, "AlignmentRegularizer inputs")
+        _checks.check_batch(xs, forward_func, "AlignmentRegularizer inputs")
         n = xs[0].shape[0]
         k = max(1, math.ceil(fraction * n))
         idx = torch.randperm(n, generator=self._generator)[:k].to(xs[0].device)

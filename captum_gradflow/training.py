@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from captum_gradflow._common import check_finite
-from captum_gradflow._guard import check_batch, preserved
+from captum_gradflow._checks import check_batch
+from captum_gradflow._guard import preserved
 
 __all__ = ["TrainHistory", "train_classifier", "predict", "balanced_accuracy"]
 

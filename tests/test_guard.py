@@ -9,14 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from captum_gradflow._guard import (
-    batch_dependent_modules,
-    check_batch,
-    check_target_dtype,
-    find_module,
-    preserved,
-    warn_user,
-)
+from captum_gradflow._checks import check_batch, check_target_dtype
+from captum_gradflow._guard import batch_dependent_modules, find_module, preserved, warn_user
 
 
 class Net(nn.Module):

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from captum_gradflow._guard import check_batch, check_target_dtype, preserved
+from captum_gradflow._checks import check_batch, check_target_dtype
+from captum_gradflow._guard import preserved
 from captum_gradflow.alignment import FeatureAlignment
 from captum_gradflow.evaluate.recipe import Recipe, check_item
 from captum_gradflow.evaluate.storage import OutputFolder

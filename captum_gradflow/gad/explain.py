@@ -12,7 +12,7 @@ from captum.attr import Attribution, LayerAttribution
 from torch import Tensor
 
 from captum_gradflow._common import TargetType, TensorOrTuple, format_inputs, format_output
-from captum_gradflow._guard import check_target_dtype
+from captum_gradflow._checks import check_target_dtype
 
 __all__ = ["GADComponents", "all_maps", "target_classes", "upsample"]
 

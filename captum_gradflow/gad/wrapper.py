@@ -18,7 +18,8 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_gradflow._common import TargetType, TensorOrTuple, check_finite, format_inputs, format_output
-from captum_gradflow._guard import check_batch, preserved
+from captum_gradflow._checks import check_batch
+from captum_gradflow._guard import preserved
 from captum_gradflow.gad import persistence
 from captum_gradflow.gad.config import GADConfig
 from captum_gradflow.gad.distancing import DistancingPlan, class_means, make_plan

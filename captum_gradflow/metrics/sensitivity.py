@@ -21,7 +21,8 @@ from scipy.stats import wilcoxon
 from torch import Tensor
 
 from captum_gradflow._common import TargetType, TensorOrTuple, format_inputs
-from captum_gradflow._guard import check_batch, check_target_dtype, preserved
+from captum_gradflow._checks import check_batch, check_target_dtype
+from captum_gradflow._guard import preserved
 from captum_gradflow.metrics._occlusion import (
     BaselineType,
     RegionsLike,
