@@ -78,6 +78,11 @@ class ZennitAttribution(Attribution):
     ) -> TensorOrTuple:
         r"""Zennit's attribution of ``F(x)[target]``, detached, same shape and form as ``inputs``.
 
+        Train mode: with BatchNorm or Dropout in train mode the result depends on the batch; the
+        call warns once, naming those modules, and restores their buffers and every flag
+        afterwards (docs/definitions.md, section 5). Call ``model.eval()`` first for per-example
+        results.
+
         Args:
             inputs: One tensor ``(N, *S)`` (or a 1-tuple of it).
             target: Captum target: int, tuple, list, tensor, or None for one-output models.

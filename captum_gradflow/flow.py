@@ -158,6 +158,11 @@ class GradientFlowAlignment(GradientAttribution):
     ) -> Union[Tensor, "FlowResult"]:
         r"""Average feature alignment along the gradient flow of the decision margin.
 
+        Train mode: with BatchNorm or Dropout in train mode the result depends on the batch; the
+        call warns once, naming those modules, and restores their buffers and every flag
+        afterwards (docs/definitions.md, section 5). Call ``model.eval()`` first for per-example
+        results.
+
         Args:
             inputs: A tensor ``(N, *S)`` or a tuple of tensors sharing the batch dimension;
                 all floating point (the flow moves every input).

@@ -52,6 +52,10 @@ def alignment_penalty(
     ``sum_i weights[i] * mean_x (1 - S_{g_i}(x))``, a differentiable scalar whose gradient
     reaches the model parameters through the input gradient of ``out[target]``.
 
+    Train mode: the penalty runs no forward pass of its own (``out`` is the training step's),
+    so it changes no buffer; with BatchNorm in train mode the input gradient mixes the examples
+    of the batch (see :class:`AlignmentRegularizer`).
+
     Args:
         out: The model's output for ``inputs``, computed with ``inputs.requires_grad_()``
             and gradients enabled (the training step's own forward pass).

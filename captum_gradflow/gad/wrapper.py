@@ -160,6 +160,11 @@ class GADWrapper(Attribution):
         present are split in two by 2-means on their mean logits. The images of the fitted
         classes are kept in memory: :meth:`for_model` refits on them for another model.
 
+        Train mode: with BatchNorm or Dropout in train mode the result depends on the batch; the
+        call warns once, naming those modules, and restores their buffers and every flag
+        afterwards (docs/definitions.md, section 5). Call ``model.eval()`` first for per-example
+        results.
+
         Args:
             data: ``(x, y)`` tensors or a DataLoader of ``(x, y)`` batches (read once).
             pair: ``(k, l)``: push k and l apart using only their images.
@@ -289,6 +294,11 @@ class GADWrapper(Attribution):
         **kwargs: Any,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, GADComponents]]:
         r"""GAD attribution ``A_0 * C``.
+
+        Train mode: with BatchNorm or Dropout in train mode the result depends on the batch; the
+        call warns once, naming those modules, and restores their buffers and every flag
+        afterwards (docs/definitions.md, section 5). Call ``model.eval()`` first for per-example
+        results.
 
         Args:
             inputs: As for the wrapped method (a tensor or a tuple of tensors).

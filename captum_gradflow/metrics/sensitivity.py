@@ -124,6 +124,10 @@ def region_sensitivity(
     per example. Where nothing is occluded (an empty region) or the score is not finite, RS
     is NaN; the count and reasons are warned about, and returned with ``return_details``.
 
+    Train mode: with BatchNorm or Dropout in train mode the result depends on the batch; the
+    call warns once, naming those modules, and restores their buffers and every flag afterwards
+    (docs/definitions.md, section 5). Call ``model.eval()`` first for per-example results.
+
     Args:
         forward_func: The model or any callable returning ``(N, K)`` or ``(N,)`` outputs.
         inputs: Images ``(N, C, H, W)`` or ``(N, H, W)``, volumes ``(N, C, D, H, W)``, or a
@@ -201,6 +205,10 @@ def compare_region_sensitivity(
     and the clean inputs share the batched forward passes. Reported: both RS per example, the
     fraction of examples where GAD wins, and a paired Wilcoxon signed-rank test of ``gad - rest``
     (one-sided, ``alternative="greater"`` by default; scipy).
+
+    Train mode: with BatchNorm or Dropout in train mode the result depends on the batch; the
+    call warns once, naming those modules, and restores their buffers and every flag afterwards
+    (docs/definitions.md, section 5). Call ``model.eval()`` first for per-example results.
 
     Args:
         forward_func: The model.
