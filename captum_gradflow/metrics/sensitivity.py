@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import torch
@@ -101,6 +101,24 @@ class RegionSensitivityComparison:
         """Deprecated name of :attr:`win_rate` (a fraction of images, not a yes/no)."""
         warnings.warn("RegionSensitivityComparison.gad_wins is now win_rate", DeprecationWarning, stacklevel=2)
         return self.win_rate
+
+
+@overload
+def region_sensitivity(
+    forward_func: Callable[..., Tensor], inputs: TensorOrTuple, regions: RegionArg,
+    target: TargetType = ..., baseline: BaselineArg = ..., score: ScoreType = ...,
+    additional_forward_args: Any = ..., max_examples_per_batch: Optional[int] = ...,
+    region_kwargs: Optional[Dict[str, Any]] = ..., return_details: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def region_sensitivity(
+    forward_func: Callable[..., Tensor], inputs: TensorOrTuple, regions: RegionArg,
+    target: TargetType = ..., baseline: BaselineArg = ..., score: ScoreType = ...,
+    additional_forward_args: Any = ..., max_examples_per_batch: Optional[int] = ...,
+    region_kwargs: Optional[Dict[str, Any]] = ..., *, return_details: Literal[True],
+) -> RegionSensitivity: ...
 
 
 def region_sensitivity(
