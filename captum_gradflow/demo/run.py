@@ -15,10 +15,12 @@ from .claims import evaluate_claims
 from .config import DemoConfig, RunContext
 from .formatting import finite_or_none
 from .gad_digits import gad_experiment
+from .gad_settings import gad_sweep_experiment
 from .lesions import lesion_experiment
 from .noise_study import noise_constructions
 from .report import build_sections, report_markdown
 from .studies import feature_ablation, lambda_sweep, one_output_model
+from .volumes import volume_experiment
 
 __all__ = ["EXPERIMENTS", "run_demo"]
 
@@ -33,6 +35,8 @@ EXPERIMENTS: List[Tuple[str, str, Experiment]] = [
     ("one_output", "one-output model", one_output_model),
     ("noise", "noise constructions", noise_constructions),
     ("gad", "GAD on digits", gad_experiment),
+    ("gad_sweep", "GAD sweep", gad_sweep_experiment),
+    ("volumes", "volumes", volume_experiment),
 ]
 
 
