@@ -348,8 +348,8 @@ def test_noise_constructions_state_how_noise_was_drawn_and_decide_from_p(demo):
     assert default["description"] == results["alignment"]["noise"]["text"]
     descriptions = [r["description"] for r in study["rows"]]
     assert "whole input" in descriptions[0] and "unsmoothed" in descriptions[0] and "not centred" in descriptions[0]
-    assert "feature mask" in descriptions[1] and "Gaussian sigma" in descriptions[1] and "not centred" in descriptions[1]
-    assert "feature mask" in descriptions[2] and "Gaussian sigma" in descriptions[2] and "centred (in-mask" in descriptions[2]
+    for d, centred in zip(descriptions[1:], ("not centred", "centred (in-mask")):
+        assert "feature mask" in d and "Gaussian sigma" in d and centred in d
     report = (out / "report.md").read_text()
     for d in descriptions:
         assert d in report
@@ -381,10 +381,13 @@ def test_lesion_sections_state_the_default_noise_from_the_library(demo, lesions_
     torch.manual_seed(0)
     model = SmallCNN().eval()
     # The same words the library gives for a default comparison (only the auto width differs).
-    own = FeatureAlignment(model, features()).compare_to_noise(x, target=1, mask=m, n_noise=results["alignment"]["n_noise"])
-    assert re.sub(r"sigma [\d. x]+ px", "", own.construction) == re.sub(r"sigma [\d. x]+ px", "", noise["text"])
+    own = FeatureAlignment(model, features()).compare_to_noise(x, target=1, mask=m,
+                                                               n_noise=results["alignment"]["n_noise"])
+    width = r"sigma [\d. x]+ px"
+    assert re.sub(width, "", own.construction) == re.sub(width, "", noise["text"])
     flow = GradientFlowAlignment(model, features()).compare_to_noise(x, target=1, mask=m, n_noise=2, max_steps=2)
-    assert "centred (in-mask mean removed)" in flow.construction and "centred (in-mask mean removed)" in noise["flow_text"]
+    centred = "centred (in-mask mean removed)"
+    assert centred in flow.construction and centred in noise["flow_text"]
     section = _section_text((out / "report.md").read_text(), "Feature gradient flow on synthetic lesions")
     assert noise["text"] in section and noise["flow_text"] in section
 
@@ -435,4 +438,5 @@ def test_volume_section_measures_a_3d_model_and_decides_from_its_numbers(demo):
     assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "volumes"] == [True] * 5
     v["S"]["brightness"]["p"], v["S"]["extent"]["p"] = 0.02, 1e-3
     v["flow_reached_boundary"], v["gad"]["median_rc"] = 0.25, 1.0
-    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "volumes"] == [False, False, True, False, False]
+    held = [c["held"] for c in evaluate_claims(edited) if c["section"] == "volumes"]
+    assert held == [False, False, True, False, False]

@@ -51,8 +51,10 @@ def run_demo(
 
     The experiments: the seed paper's baseline and regularized training on synthetic lesions
     (S, F and J against noise), the λ sweep, the feature ablation, the paper's one-output
-    model, and GAD on real digits (RC, RS). ``quick`` runs all of them on less data and
-    shorter training (:meth:`DemoConfig.quick`).
+    model, the noise constructions, GAD on real digits (RC, RS), a GAD sweep around the
+    defaults, and volumes (a 3-D CNN). ``quick`` runs all of them on less data and shorter
+    training (:meth:`DemoConfig.quick`): the GAD sweep with 2 support models and 15 steps on
+    32 test images, the volumes with 120 of them, 10 epochs and a 2-model GAD.
 
     Args:
         out_dir: Output folder (created). It receives ``report.md``, ``results.json``,

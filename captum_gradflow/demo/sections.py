@@ -315,9 +315,10 @@ def volume_table(vol: Dict[str, Any]) -> str:
     lines = ["| feature | in the label | mean S | S / noise | p (S) | mean F | F / noise | p (F) |",
              "|---|---|---|---|---|---|---|---|"]
     for name in vol["S"]:
-        lines.append(f"| {name} | {'yes' if name == vol['rule'] else 'no (decoy)'} | {_feature_cells(vol['S'][name])} "
-                     f"| {_feature_cells(vol['F'][name])} |")
-    lines.append(f"| noise (mean of {vol['n_noise']}) | | {vol['noise_S_mean']:.3g} | | | {vol['noise_F_mean']:.3g} | | |")
+        used = "yes" if name == vol["rule"] else "no (decoy)"
+        lines.append(f"| {name} | {used} | {_feature_cells(vol['S'][name])} | {_feature_cells(vol['F'][name])} |")
+    lines.append(f"| noise (mean of {vol['n_noise']}) | | {vol['noise_S_mean']:.3g} | | | "
+                 f"{vol['noise_F_mean']:.3g} | | |")
     return "\n".join(lines)
 
 
@@ -329,7 +330,8 @@ def volume_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path) ->
     body = "\n".join([
         f"`synthetic_lesions_3d`: {vol['n_train']} training and {vol['n_test']} test volumes of {s}×{s}×{s} voxels, "
         f"one ellipsoidal lesion each, labelled 1 for the brighter half (rule `{vol['rule']}`: extent and log "
-        f"aspect ratio are decoys). `SmallCNN3d` trained briefly: balanced test accuracy {vol['balanced_accuracy']:.3f}. "
+        "aspect ratio are decoys). `SmallCNN3d` trained briefly: balanced test accuracy "
+        f"{vol['balanced_accuracy']:.3f}. "
         "The built-in features work on volumes as on images (masked mean, radius of gyration with 3-D voxel "
         "coordinates, log of the largest over the smallest eigenvalue of the 3×3 covariance). Noise: the "
         f"library's default, for S: {vol['noise']['text']}; for F (first {vol['flow_examples']} test volumes): "
