@@ -337,6 +337,10 @@ def volume_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path) ->
         f"library's default, for S: {vol['noise']['text']}; for F (first {vol['flow_examples']} test volumes): "
         f"{vol['noise']['flow_text']}. The flows reached the decision boundary on {pct(vol['flow_reached_boundary'])} "
         "of them.", "",
+        "A decoy can beat noise without the label depending on it, when the model's gradient shares its "
+        "pattern: extent's gradient is a radial profile over the mask (|r − c|² − R_g²), and a gradient shaped "
+        "like the lesion's own intensity profile, what a detector of the lesion's total brightness has, "
+        "carries that profile.", "",
         table, "", _link("alignment against noise on volumes", figs["volume_alignment"], out), "",
         f"GAD(Saliency) with {g['n_support']} support models ({g['steps']} steps each) fitted on the training "
         f"volumes; regions are the convex hulls of the 26-connected components of each map's top 20% voxels. "
