@@ -112,10 +112,11 @@ def test_claims_are_decided_from_the_numbers(demo):
     out, results = demo
     claims = results["claims"]
     sections = [c["section"] for c in claims]
-    # Two features used, J, accuracy; the sweep's two; one per ablated feature; the one-output
-    # model's four; the decoy under three noise constructions and brightness under all; RC and
-    # RS per GAD method.
-    assert sections == (["alignment"] * 4 + ["lambda_sweep"] * 2 + ["ablation"] * 2 + ["one_output"] * 4
+    # Two features used, J, accuracy, the decoy unused; the sweep's two; one per ablated
+    # feature; the one-output model's four; the decoy under three noise constructions and
+    # brightness under all; RC and RS per GAD method; the GAD sweep's two per method; the
+    # volumes' brightness, two decoys, flow boundary and RC.
+    assert sections == (["alignment"] * 5 + ["lambda_sweep"] * 2 + ["ablation"] * 2 + ["one_output"] * 4
                         + ["noise"] * 4 + ["gad"] * 6 + ["gad_sweep"] * 4 + ["volumes"] * 5)
     assert all(isinstance(c["held"], bool) for c in claims)
     report = (out / "report.md").read_text()
@@ -131,8 +132,12 @@ def test_claims_are_decided_from_the_numbers(demo):
         m["median_rc"], m["frac_rs_gad_greater"], m["rs_paired_p"] = 1.0, 0.2, 0.9
     for row in plain["S"].values():
         row["p"] = 0.5
+    plain["F"]["log_aspect_ratio"]["p"] = 0.5
     again = [c for c in evaluate_claims(flipped) if c["section"] in ("alignment", "gad")]
-    assert [c["held"] for c in again] == [False] * 10
+    # The decoy (fifth) claim holds: its p-values, now 0.5, do not beat noise.
+    assert [c["held"] for c in again] == [False] * 4 + [True] + [False] * 6
+    plain["F"]["log_aspect_ratio"]["p"] = 1e-6  # the decoy beats noise along the flow
+    assert evaluate_claims(flipped)[4]["held"] is False
     assert "J went from 50.0% to 10.0%" in again[2]["evidence"]
     plain["J_mean"] = None  # undefined in JSON: the claim is undecided, not decided
     assert evaluate_claims(flipped)[2]["held"] is None

@@ -62,11 +62,26 @@ def _regularizer_claims(section: str, les: Dict[str, Any], who: str, alpha: floa
     ]
 
 
+def _ignores_decoys(section: str, model: Dict[str, Any], decoys: List[str], who: str, alpha: float) -> List[Claim]:
+    out = []
+    for f in decoys:
+        s, fl = model["S"][f], model["F"][f]
+        ps, pf = _num(s["p"]), _num(fl["p"])
+        out.append(_claim(
+            section, PAPER1, f"{who} does not use the decoy {f}, which the label does not depend on: it does not "
+            f"beat the default noise, pointwise or along the flow (p ≥ {alpha})",
+            (ps >= alpha and pf >= alpha) if _finite(ps, pf) else None,
+            f"S/noise ×{_num(s['ratio']):.2g} ({p_is(ps)}), F/noise ×{_num(fl['ratio']):.2g} ({p_is(pf)})"))
+    return out
+
+
 def alignment_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
-    """The unregularized model uses the label's features; the regularizer raises J cheaply."""
-    les = results["alignment"]
-    return (_uses_features("alignment", les["plain"], les["regularized_features"], "The unregularized model", alpha)
-            + _regularizer_claims("alignment", les, "", alpha, drop))
+    """The unregularized model uses the label's features and not the decoy; the regularizer
+    raises J cheaply."""
+    les, who = results["alignment"], "The unregularized model"
+    return (_uses_features("alignment", les["plain"], les["regularized_features"], who, alpha)
+            + _regularizer_claims("alignment", les, "", alpha, drop)
+            + _ignores_decoys("alignment", les["plain"], les.get("decoys", []), who, alpha))
 
 
 def lambda_sweep_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:

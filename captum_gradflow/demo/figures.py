@@ -184,6 +184,7 @@ def gad_sweep_figure(table: Any, sweep: Dict[str, Any], path: Path) -> Path:
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")
     viz.plot_gad_sweep(table, ax=fig.subplots(), kept_max=sweep["kept_max"], win_min=sweep["win_min"],
                        highlight={"delta": sweep["defaults"]["delta"]})
+    fig.axes[0].legend(fontsize=7, loc="best")  # a few points: let matplotlib keep them uncovered
     return viz.save_figure(fig, path)
 
 

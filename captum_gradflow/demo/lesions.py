@@ -224,7 +224,8 @@ def lesion_experiment(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     train, test = lesion_data(cfg)
     weights = cfg.lesion_weights(cfg.reg_brightness)
     results: Dict[str, Any] = {"n_train": len(train), "n_test": len(test), "rule": cfg.lesion_rule,
-                               "weights": weights, "n_noise": cfg.n_noise, "regularized_features": list(weights)}
+                               "weights": weights, "n_noise": cfg.n_noise, "regularized_features": list(weights),
+                               "decoys": [f.name for f in features() if f.name not in weights]}
     parts: Dict[str, Any] = {"train": train, "test": test}
     for name, w in (("plain", {}), ("regularized", weights)):
         model = train_lesion_model(train, cfg, lesion_regularizer(cfg, w, len(train)), progress,
