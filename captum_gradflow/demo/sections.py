@@ -200,7 +200,7 @@ def one_output_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path
 def noise_table(study: Dict[str, Any], alpha: float = 0.05) -> str:
     """One row per construction and model: mean noise S, and each feature's ratio and p."""
     names = list(study["rows"][0]["models"]["plain"]["S"])
-    lines = ["| noise drawn over | model | mean noise S | " + " | ".join(f"{n}: S / noise (p)" for n in names)
+    lines = ["| noise construction | model | mean noise S | " + " | ".join(f"{n}: S / noise (p)" for n in names)
              + f" | features beating noise (p < {alpha}) |", "|---" * (4 + len(names)) + "|"]
     for row in study["rows"]:
         for model, label in (("plain", "λ = 0"), ("regularized", "regularized")):
