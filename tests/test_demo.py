@@ -52,7 +52,8 @@ def test_quick_demo_writes_report_tables_figures_and_json(demo):
         assert (out / name).stat().st_size > 200
     assert results["figures"] == sorted(f"figures/{name}.png" for name in (
         "alignment_vs_noise", "gradient_flow", "lambda_sweep", "feature_ablation", "one_output", "noise_constructions",
-        "gad_IntegratedGradients", "gad_Saliency", "gad_InputXGradient"))
+        "gad_IntegratedGradients", "gad_Saliency", "gad_InputXGradient", "gad_sweep", "volume_alignment",
+        "volume_gad_saliency"))
     report = (out / "report.md").read_text()
     for fig in results["figures"]:
         data = (out / fig).read_bytes()
@@ -111,11 +112,12 @@ def test_claims_are_decided_from_the_numbers(demo):
     out, results = demo
     claims = results["claims"]
     sections = [c["section"] for c in claims]
-    # Two features used, J, accuracy; the sweep's two; one per ablated feature; the one-output
-    # model's four; the decoy under three noise constructions and brightness under all; RC and
-    # RS per GAD method.
-    assert sections == (["alignment"] * 4 + ["lambda_sweep"] * 2 + ["ablation"] * 2 + ["one_output"] * 4
-                        + ["noise"] * 4 + ["gad"] * 6)
+    # Two features used, J, accuracy, the decoy unused; the sweep's two; one per ablated
+    # feature; the one-output model's four; the decoy under three noise constructions and
+    # brightness under all; RC and RS per GAD method; the GAD sweep's two per method; the
+    # volumes' brightness, two decoys, flow boundary and RC.
+    assert sections == (["alignment"] * 5 + ["lambda_sweep"] * 2 + ["ablation"] * 2 + ["one_output"] * 4
+                        + ["noise"] * 4 + ["gad"] * 6 + ["gad_sweep"] * 4 + ["volumes"] * 5)
     assert all(isinstance(c["held"], bool) for c in claims)
     report = (out / "report.md").read_text()
     for c in claims:
@@ -130,8 +132,12 @@ def test_claims_are_decided_from_the_numbers(demo):
         m["median_rc"], m["frac_rs_gad_greater"], m["rs_paired_p"] = 1.0, 0.2, 0.9
     for row in plain["S"].values():
         row["p"] = 0.5
+    plain["F"]["log_aspect_ratio"]["p"] = 0.5
     again = [c for c in evaluate_claims(flipped) if c["section"] in ("alignment", "gad")]
-    assert [c["held"] for c in again] == [False] * 10
+    # The decoy (fifth) claim holds: its p-values, now 0.5, do not beat noise.
+    assert [c["held"] for c in again] == [False] * 4 + [True] + [False] * 6
+    plain["F"]["log_aspect_ratio"]["p"] = 1e-6  # the decoy beats noise along the flow
+    assert evaluate_claims(flipped)[4]["held"] is False
     assert "J went from 50.0% to 10.0%" in again[2]["evidence"]
     plain["J_mean"] = None  # undefined in JSON: the claim is undecided, not decided
     assert evaluate_claims(flipped)[2]["held"] is None
@@ -191,6 +197,8 @@ NEW_SECTIONS = {  # section title -> (figure, table, claims section key)
     "Feature ablation": ("figures/feature_ablation.png", "table_ablation.md", "ablation"),
     "The paper's one-output model": ("figures/one_output.png", "table_one_output.md", "one_output"),
     "How the noise baseline moves the verdicts": ("figures/noise_constructions.png", "table_noise.md", "noise"),
+    "GAD's settings: a sweep around the defaults": ("figures/gad_sweep.png", "table_gad_sweep.md", "gad_sweep"),
+    "Volumes: a 3-D CNN on CT-like lesions": ("figures/volume_gad_saliency.png", "table_volumes.md", "volumes"),
 }
 
 
@@ -337,10 +345,19 @@ def test_config_rejects_a_sweep_without_its_baseline():
 def test_noise_constructions_state_how_noise_was_drawn_and_decide_from_p(demo):
     out, results = demo
     study = results["noise"]
-    assert [(r["in_mask"], r["smooth_sigma"]) for r in study["rows"]] == [(False, 0.0), (False, 2.0), (True, 2.0)]
-    # The demo's own construction is the last one: its numbers are those of section 1.
-    assert study["rows"][-1]["models"]["plain"]["S"] == results["alignment"]["plain"]["S"]
-    assert "restricted to each image's lesion mask" in (out / "report.md").read_text()
+    assert [r["default"] for r in study["rows"]] == [False, False, True]
+    # The library's default is the last construction: its numbers are those of section 1,
+    # and its description is the one NoiseComparison.construction gives there.
+    default = study["rows"][-1]
+    assert default["models"]["plain"]["S"] == results["alignment"]["plain"]["S"]
+    assert default["description"] == results["alignment"]["noise"]["text"]
+    descriptions = [r["description"] for r in study["rows"]]
+    assert "whole input" in descriptions[0] and "unsmoothed" in descriptions[0] and "not centred" in descriptions[0]
+    for d, centred in zip(descriptions[1:], ("not centred", "centred (in-mask")):
+        assert "feature mask" in d and "Gaussian sigma" in d and centred in d
+    report = (out / "report.md").read_text()
+    for d in descriptions:
+        assert d in report
     edited = json.loads(json.dumps(results))
     for row in edited["noise"]["rows"]:
         row["models"]["plain"]["S"]["log_aspect_ratio"]["p"] = 0.5
@@ -349,3 +366,82 @@ def test_noise_constructions_state_how_noise_was_drawn_and_decide_from_p(demo):
     first = edited["noise"]["rows"][0]["models"]["plain"]["S"]
     first["log_aspect_ratio"]["p"], first["brightness"]["p"] = 1e-7, 0.2
     assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "noise"] == [False, True, True, False]
+
+
+def test_noise_constructions_move_the_baseline(demo):
+    _, results = demo
+    rows = results["noise"]["rows"]
+    # Three different constructions give three different baselines on the same model.
+    means = [r["models"]["plain"]["noise_S_mean"] for r in rows]
+    assert len(set(means)) == 3
+
+
+def test_lesion_sections_state_the_default_noise_from_the_library(demo, lesions_small):
+    from captum_gradflow import FeatureAlignment, GradientFlowAlignment, SmallCNN
+    from captum_gradflow.demo.lesions import features
+
+    out, results = demo
+    noise = results["alignment"]["noise"]
+    x, m = lesions_small.images[:4], lesions_small.masks[:4]
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    # The same words the library gives for a default comparison (only the auto width differs).
+    own = FeatureAlignment(model, features()).compare_to_noise(x, target=1, mask=m,
+                                                               n_noise=results["alignment"]["n_noise"])
+    width = r"sigma [\d. x]+ px"
+    assert re.sub(width, "", own.construction) == re.sub(width, "", noise["text"])
+    flow = GradientFlowAlignment(model, features()).compare_to_noise(x, target=1, mask=m, n_noise=2, max_steps=2)
+    centred = "centred (in-mask mean removed)"
+    assert centred in flow.construction and centred in noise["flow_text"]
+    section = _section_text((out / "report.md").read_text(), "Feature gradient flow on synthetic lesions")
+    assert noise["text"] in section and noise["flow_text"] in section
+
+
+def test_gad_sweep_section_runs_the_defaults_and_decides_from_the_rows(demo):
+    out, results = demo
+    from captum_gradflow.demo.claims import default_rows
+    from captum_gradflow.gad import GADConfig
+
+    sweep = results["gad_sweep"]
+    d = GADConfig()
+    assert sweep["defaults"]["delta"] == d.delta and sweep["defaults"]["n_support"] == d.n_models
+    assert sweep["defaults"]["lr"] == d.lr and sweep["defaults"]["warm_start"] == d.warm_start
+    assert not sweep["at_defaults"]  # quick shrinks the budget, and says so
+    deltas = sorted({r["delta"] for r in sweep["rows"]})
+    assert 3 <= len(deltas) <= 4 and d.delta in deltas
+    assert {r["method"] for r in sweep["rows"]} == {"Saliency", "InputXGradient"}
+    for r in sweep["rows"]:
+        assert 0.0 < r["kept_fraction"] <= 1.0 and 0.0 <= r["rs_win_rate"] <= 1.0 and 0.0 < r["rs_p"] <= 1.0
+    section = _section_text((out / "report.md").read_text(), "GAD's settings: a sweep around the defaults")
+    assert "docs/gad_sweep.md" in section and f"δ = {d.delta:g}" in section
+    edited = json.loads(json.dumps(results))
+    rows = default_rows(edited["gad_sweep"])
+    assert set(rows) == {"Saliency", "InputXGradient"}
+    for r in rows.values():
+        r["kept_fraction"], r["rs_win_rate"], r["rs_p"] = 0.6, 0.8, 1e-4
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "gad_sweep"] == [True] * 4
+    rows["Saliency"]["kept_fraction"] = 0.9
+    rows["InputXGradient"]["rs_p"] = 0.02
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "gad_sweep"] == [False, True, True, False]
+
+
+def test_volume_section_measures_a_3d_model_and_decides_from_its_numbers(demo):
+    out, results = demo
+    vol = results["volumes"]
+    assert vol["rule"] == "brightness" and vol["decoys"] == ["extent", "log_aspect_ratio"]
+    assert vol["size"] == 16 and vol["n_train"] + vol["n_test"] == DemoConfig.quick().volume_n
+    assert 0.0 <= vol["balanced_accuracy"] <= 1.0 and 0.0 <= vol["flow_reached_boundary"] <= 1.0
+    assert vol["noise"]["text"].split("Gaussian sigma")[1].split("px")[0].count(" x ") == 2  # all 3 axes
+    assert 0.0 < vol["gad"]["median_rc"] <= 1.0
+    section = _section_text((out / "report.md").read_text(), "Volumes: a 3-D CNN on CT-like lesions")
+    assert "](figures/volume_alignment.png)" in section
+    edited = json.loads(json.dumps(results))
+    v = edited["volumes"]
+    v["S"]["brightness"]["p"], v["S"]["extent"]["p"], v["S"]["log_aspect_ratio"]["p"] = 1e-5, 0.5, 0.2
+    v["flow_reached_boundary"], v["gad"]["median_rc"] = 0.75, 0.6
+    v["gad"]["median_regions_base"], v["gad"]["median_regions_gad"] = 3.0, 2.0
+    assert [c["held"] for c in evaluate_claims(edited) if c["section"] == "volumes"] == [True] * 5
+    v["S"]["brightness"]["p"], v["S"]["extent"]["p"] = 0.02, 1e-3
+    v["flow_reached_boundary"], v["gad"]["median_rc"] = 0.25, 1.0
+    held = [c["held"] for c in evaluate_claims(edited) if c["section"] == "volumes"]
+    assert held == [False, False, True, False, False]

@@ -8,11 +8,14 @@ next checks: a λ sweep (accuracy against alignment), a feature ablation (each w
 in turn) and the paper's one-output model. Part 2 (GAD) trains the CNN on a real pair of
 handwritten digits, fits GAD support models once, wraps Integrated Gradients, Saliency and
 Input x Gradient with them, and measures region complexity (RC) and region sensitivity
-(RS). Every number is computed here; the report says whether each claim of the papers held
-on this data by comparing those numbers.
+(RS); a small ``gad_sweep`` around GAD's defaults shows the trade-off they were chosen on.
+Part 3 repeats both on volumes: a 3-D CNN on CT-like lesions labelled by brightness. Every
+number is computed here; the report says whether each claim of the papers held on this data
+by comparing those numbers.
 
-Modules: :mod:`.config` (sizes), :mod:`.lesions` and :mod:`.studies` (lesion experiments),
-:mod:`.gad_digits` (GAD), :mod:`.claims` (verdicts), :mod:`.figures`, :mod:`.sections` and
+Modules: :mod:`.config` (sizes), :mod:`.lesions`, :mod:`.studies` and :mod:`.noise_study`
+(lesion experiments), :mod:`.gad_digits` and :mod:`.gad_settings` (GAD), :mod:`.volumes`
+(3-D), :mod:`.claims` (verdicts), :mod:`.figures`, :mod:`.sections` and
 :mod:`.report` (the report), :mod:`.run` (:func:`run_demo`). An experiment is one entry of
 :data:`~captum_gradflow.demo.run.EXPERIMENTS`, its verdicts one entry of
 :data:`~captum_gradflow.demo.claims.CLAIMS` and its report section one entry of

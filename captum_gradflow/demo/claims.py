@@ -12,9 +12,11 @@ from .config import MAX_ACCURACY_DROP
 from .formatting import p_is, pct
 from .studies import choose_lambda
 
-__all__ = ["CLAIMS", "evaluate_claims"]
+__all__ = ["CLAIMS", "VOLUME_ALPHA", "default_rows", "evaluate_claims"]
 
 PAPER1, PAPER2 = "feature gradient flow", "GAD"
+#: Significance level of the volume claims (issue 12 asks for p < 0.01).
+VOLUME_ALPHA = 0.01
 Claim = Dict[str, Any]
 
 
@@ -60,11 +62,26 @@ def _regularizer_claims(section: str, les: Dict[str, Any], who: str, alpha: floa
     ]
 
 
+def _ignores_decoys(section: str, model: Dict[str, Any], decoys: List[str], who: str, alpha: float) -> List[Claim]:
+    out = []
+    for f in decoys:
+        s, fl = model["S"][f], model["F"][f]
+        ps, pf = _num(s["p"]), _num(fl["p"])
+        out.append(_claim(
+            section, PAPER1, f"{who} does not use the decoy {f}, which the label does not depend on: it does not "
+            f"beat the default noise, pointwise or along the flow (p ≥ {alpha})",
+            (ps >= alpha and pf >= alpha) if _finite(ps, pf) else None,
+            f"S/noise ×{_num(s['ratio']):.2g} ({p_is(ps)}), F/noise ×{_num(fl['ratio']):.2g} ({p_is(pf)})"))
+    return out
+
+
 def alignment_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
-    """The unregularized model uses the label's features; the regularizer raises J cheaply."""
-    les = results["alignment"]
-    return (_uses_features("alignment", les["plain"], les["regularized_features"], "The unregularized model", alpha)
-            + _regularizer_claims("alignment", les, "", alpha, drop))
+    """The unregularized model uses the label's features and not the decoy; the regularizer
+    raises J cheaply."""
+    les, who = results["alignment"], "The unregularized model"
+    return (_uses_features("alignment", les["plain"], les["regularized_features"], who, alpha)
+            + _regularizer_claims("alignment", les, "", alpha, drop)
+            + _ignores_decoys("alignment", les["plain"], les.get("decoys", []), who, alpha))
 
 
 def lambda_sweep_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
@@ -123,7 +140,7 @@ def noise_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Cla
     for row in study["rows"]:
         p = _num(row["models"]["plain"]["S"][decoy]["p"])
         out.append(_claim(
-            "noise", PAPER1, f"With noise drawn over the {row['construction']}, the decoy feature {decoy} "
+            "noise", PAPER1, f"With noise drawn as \"{row['construction']}\", the decoy feature {decoy} "
             f"(not in the label's rule) does not beat noise on the λ = 0 model (p ≥ {alpha})",
             p >= alpha if math.isfinite(p) else None,
             f"S/noise ×{_num(row['models']['plain']['S'][decoy]['ratio']):.2g} ({p_is(p)})"))
@@ -156,6 +173,59 @@ def gad_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim
     return out
 
 
+def default_rows(sweep: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Per method, the sweep's row at GAD's default ``delta``."""
+    delta = float(sweep["defaults"]["delta"])
+    return {r["method"]: r for r in sweep["rows"] if math.isclose(float(r["delta"]), delta)}
+
+
+def gad_sweep_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
+    """Issue 13's targets at the defaults: GAD removes enough, and what it keeps matters."""
+    sweep = results["gad_sweep"]
+    kept_max, win_min, win_alpha, q = sweep["kept_max"], sweep["win_min"], sweep["win_alpha"], sweep["q"]
+    where = "" if sweep["at_defaults"] else (f" (quick: T = {sweep['fixed']['n_support']}, "
+                                              f"{sweep['fixed']['steps']} steps)")
+    out = []
+    for name, row in default_rows(sweep).items():
+        kept, win, p = _num(row["kept_fraction"]), _num(row["rs_win_rate"]), _num(row["rs_p"])
+        out.append(_claim(
+            "gad_sweep", PAPER2, f"The default GAD({name}) keeps at most {100 * kept_max:g}% of the base map's "
+            f"top-{100 * q:g}% pixels (median over test images)", kept <= kept_max if math.isfinite(kept) else None,
+            f"median kept fraction {kept:.3f} at the default δ = {row['delta']:g}{where}"))
+        out.append(_claim(
+            "gad_sweep", PAPER2, f"What the default GAD({name}) keeps matters more than what it drops often enough: "
+            f"RS win rate ≥ {win_min:g} with paired p < {win_alpha:g}",
+            (win >= win_min and p < win_alpha) if _finite(win, p) else None,
+            f"RS win rate {win:.3f} ({p_is(p)}) at the default δ = {row['delta']:g}{where}"))
+    return out
+
+
+def volume_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
+    """On volumes: brightness beats noise, the decoys do not, the flow ends on the boundary,
+    GAD simplifies the maps."""
+    vol, a = results["volumes"], VOLUME_ALPHA
+    main = vol["S"][vol["rule"]]
+    p = _num(main["p"])
+    out = [_claim("volumes", PAPER1, f"On volumes labelled by {vol['rule']} only, the 3-D CNN uses {vol['rule']}: "
+                  f"S beats the default noise (p < {a})", p < a if math.isfinite(p) else None,
+                  f"S/noise ×{_num(main['ratio']):.2g} ({p_is(p)})")]
+    for d in vol["decoys"]:
+        pd_ = _num(vol["S"][d]["p"])
+        out.append(_claim("volumes", PAPER1, f"The decoy {d} (not in the volumes' label) does not beat the default "
+                          f"noise (p ≥ {a})", pd_ >= a if math.isfinite(pd_) else None,
+                          f"S/noise ×{_num(vol['S'][d]['ratio']):.2g} ({p_is(pd_)})"))
+    reached = _num(vol["flow_reached_boundary"])
+    out.append(_claim("volumes", PAPER1, "The gradient flow reaches the decision boundary on at least half of the "
+                      "volumes", reached >= 0.5 if math.isfinite(reached) else None,
+                      f"{pct(reached)} of {vol['flow_examples']} flows reached it"))
+    g = vol["gad"]
+    rc, nb, ng = _num(g["median_rc"]), _num(g["median_regions_base"]), _num(g["median_regions_gad"])
+    out.append(_claim("volumes", PAPER2, "GAD(Saliency) gives simpler volume explanations: a smaller hull volume "
+                      "(median RC < 1) in no more regions than Saliency's", (rc < 1 and ng <= nb)
+                      if _finite(rc, nb, ng) else None, f"median RC = {rc:.2f}; median regions {nb:g} → {ng:g}"))
+    return out
+
+
 #: (results key, claim function) in report order; a function runs when its key is present.
 CLAIMS: List[Tuple[str, Callable[[Dict[str, Any], float, float], List[Claim]]]] = [
     ("alignment", alignment_claims),
@@ -164,6 +234,8 @@ CLAIMS: List[Tuple[str, Callable[[Dict[str, Any], float, float], List[Claim]]]] 
     ("one_output", one_output_claims),
     ("noise", noise_claims),
     ("gad", gad_claims),
+    ("gad_sweep", gad_sweep_claims),
+    ("volumes", volume_claims),
 ]
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+from captum_gradflow.gad.config import DEFAULT_N_SUPPORT, DEFAULT_STEPS
+
 __all__ = ["DemoConfig", "MAX_ACCURACY_DROP", "RunContext"]
 
 #: Largest fall of balanced accuracy that still counts as "at nearly the same accuracy"; the
@@ -20,14 +22,18 @@ class DemoConfig:
     paper's data), the regularizer's weights ``reg_brightness`` and ``reg_extent`` (the
     regularizer's tuned recipe: off for ``reg_delay_epochs`` so the model first learns the
     task, then ramped up over ``reg_warmup_epochs``; the learning rate decays on a cosine),
-    the noise baseline (``n_noise`` directions smoothed by ``smooth_sigma`` pixels and
-    restricted to the lesion mask), the gradient flow (``flow_*``), the lambda sweep
+    the noise baseline (``n_noise`` directions drawn by the library's default construction,
+    :func:`~captum_gradflow.noise.make_noise`), the gradient flow (``flow_*``), the lambda sweep
     (``lambda_values``: brightness weights; extent gets the same fraction of each as in the
     tuned recipe, ``reg_extent / reg_brightness``), the digits pair and GAD (``digits_*``,
     ``gad_*``; ``gad_eval`` is the most test images explained), Integrated Gradients'
-    ``ig_steps`` and the ``seed``.
+    ``ig_steps``, the GAD sweep (``gad_sweep_*``: ``delta`` at these multiples of the default,
+    support models, Adam steps and test images; GAD's defaults unless quick), the volumes
+    (``volume_*``: count, side, epochs, flows, GAD support models and steps) and the ``seed``.
 
-    ``gad_lr`` is 1e-3, not GADWrapper's default 1e-4: the digits pair has about 250
+    The GAD experiment keeps its settings of the previous release (``gad_support``,
+    ``gad_epochs``, ``gad_lr``) so its RC and RS stay comparable; the GAD sweep section
+    measures GADWrapper's current defaults. ``gad_lr`` is 1e-3, not 1e-4: the digits pair has about 250
     training images, so an epoch is only 8 steps, and at 1e-4 the support models are still
     far from their distanced targets after 10 epochs (final MSE about 3 for the last one,
     against about 1.1 at 1e-3). The report lists each support model's final loss.
@@ -53,7 +59,6 @@ class DemoConfig:
     reg_delay_epochs: int = 2
     reg_warmup_epochs: int = 3
     n_noise: int = 32
-    smooth_sigma: float = 2.0
     flow_examples: int = 64
     flow_max_steps: int = 40
     lambda_values: Tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1000.0)
@@ -65,6 +70,16 @@ class DemoConfig:
     gad_lr: float = 1e-3
     gad_eval: int = 200
     ig_steps: int = 32
+    gad_sweep_scales: Tuple[float, ...] = (1.0, 2.0, 4.0)
+    gad_sweep_support: int = DEFAULT_N_SUPPORT
+    gad_sweep_steps: int = DEFAULT_STEPS
+    gad_sweep_eval: int = 200
+    volume_n: int = 400
+    volume_size: int = 16
+    volume_epochs: int = 30
+    volume_flow_examples: int = 16
+    volume_gad_support: int = DEFAULT_N_SUPPORT
+    volume_gad_steps: int = DEFAULT_STEPS
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -87,7 +102,8 @@ class DemoConfig:
         small: Dict[str, Any] = dict(
             lesion_n=400, lesion_epochs=8, reg_delay_epochs=1, reg_warmup_epochs=2, n_noise=16,
             flow_examples=8, flow_max_steps=30, digits_epochs=4, gad_support=2, gad_epochs=3,
-            gad_eval=16, ig_steps=8,
+            gad_eval=16, ig_steps=8, gad_sweep_support=2, gad_sweep_steps=15, gad_sweep_eval=32,
+            volume_n=120, volume_epochs=10, volume_flow_examples=4, volume_gad_support=2, volume_gad_steps=10,
         )
         small.update(overrides)
         return cls(**small)

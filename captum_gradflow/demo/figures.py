@@ -14,8 +14,8 @@ from captum_gradflow import visualization as viz
 from captum_gradflow.noise import NoiseComparison
 
 __all__ = [
-    "ablation_figure", "alignment_figure", "flow_figure", "gad_figures", "lambda_sweep_figure", "noise_figure",
-    "one_output_figure",
+    "ablation_figure", "alignment_figure", "flow_figure", "gad_figures", "gad_sweep_figure", "lambda_sweep_figure",
+    "noise_figure", "one_output_figure", "volume_figures",
 ]
 
 
@@ -177,3 +177,29 @@ def noise_figure(study: Dict[str, Any], path: Path, alpha: float = 0.05) -> Path
     axes[0].set_ylabel("mean ratio of S to noise")
     axes[1].legend(fontsize=8, frameon=False, loc="upper right")
     return viz.save_figure(fig, path)
+
+
+def gad_sweep_figure(table: Any, sweep: Dict[str, Any], path: Path) -> Path:
+    """Kept fraction against RS win rate, one point per (setting, method); the defaults ringed."""
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    viz.plot_gad_sweep(table, ax=fig.subplots(), kept_max=sweep["kept_max"], win_min=sweep["win_min"],
+                       highlight={"delta": sweep["defaults"]["delta"]})
+    fig.axes[0].legend(fontsize=7, loc="best")  # a few points: let matplotlib keep them uncovered
+    return viz.save_figure(fig, path)
+
+
+def volume_figures(parts: Dict[str, Any], figdir: Path) -> Dict[str, Path]:
+    """S and F against noise on the volumes, and one volume's Saliency and GAD(Saliency) maps
+    as three orthogonal slices through the base map's maximum, with hull outlines."""
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, key, what in ((axes[0], "point", "pointwise S"), (axes[1], "flow", "flow F")):
+        _noise_panels([ax], [parts[key]], ["3-D CNN on volumes"], what)
+    figs = {"volume_alignment": viz.save_figure(fig, figdir / "volume_alignment.png")}
+    i = _pick_rows(parts["y"], 1)[0]
+    gad_fig = viz.plot_gad_comparison(
+        parts["x"][i:i + 1], parts["base"][i:i + 1], parts["gad"][i:i + 1],
+        base_polygons=parts["base_regions"][i:i + 1], gad_polygons=parts["gad_regions"][i:i + 1],
+        method="Saliency", row_labels=[f"label {int(parts['y'][i])}"])
+    figs["volume_gad"] = viz.save_figure(gad_fig, figdir / "volume_gad_saliency.png")
+    return figs

@@ -52,7 +52,8 @@ def gad_experiment(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         "alphas": [float(a) for a in ig.alphas],
         "support_final_loss": [float(h[-1]) for h in ig.history], "methods": {},
     }
-    parts: Dict[str, Any] = {"x": x, "y": y, "classes": list(cfg.digits_classes), "methods": {}}
+    parts: Dict[str, Any] = {"x": x, "y": y, "classes": list(cfg.digits_classes), "methods": {},
+                             "model": model, "data": data}
     for name, (method, kwargs) in methods.items():
         gad = ig if name == "IntegratedGradients" else GADWrapper.load(saved, method, progress=False)
         with warnings.catch_warnings():

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from captum_gradflow.alignment import FeatureAlignment
 from captum_gradflow.datasets import Lesions, synthetic_lesions
-from captum_gradflow.features import Brightness, Extent, Feature, LogAspectRatio, noise_features
+from captum_gradflow.features import Brightness, Extent, Feature, LogAspectRatio
 from captum_gradflow.flow import FlowResult, GradientFlowAlignment
 from captum_gradflow.models import SmallCNN
 from captum_gradflow.noise import NoiseComparison
@@ -43,11 +43,13 @@ def features() -> List[Feature]:
     return [Brightness(), Extent(), LogAspectRatio()]
 
 
-def noise_construction(cfg: DemoConfig) -> Dict[str, Any]:
-    """How the noise baseline is drawn, as the report states it."""
-    return {"n_noise": cfg.n_noise, "smooth_sigma": cfg.smooth_sigma, "mask": "lesion mask",
-            "text": f"{cfg.n_noise} random directions, Gaussian-smoothed with σ = {cfg.smooth_sigma:g} px "
-                    "and restricted to each image's lesion mask (the features' mask)"}
+def noise_construction(point: NoiseComparison, flow: Optional[NoiseComparison] = None) -> Dict[str, Any]:
+    """How the noise baseline was drawn, as the library states it
+    (:attr:`~captum_gradflow.NoiseComparison.construction` of the comparisons that ran)."""
+    out: Dict[str, Any] = {"n_noise": point.n_noise, "text": point.construction}
+    if flow is not None:
+        out["flow_text"] = flow.construction
+    return out
 
 
 def lesion_regularizer(cfg: DemoConfig, weights: Dict[str, float], n_train: int) -> Optional[AlignmentRegularizer]:
@@ -144,8 +146,8 @@ def evaluate_lesion_model(model: nn.Module, test: Lesions, cfg: DemoConfig,
     x, y, masks = test.images, test.labels, test.masks
     target = _target(model, x, y)
     fa = FeatureAlignment(model, features())
-    point = fa.compare_to_noise(x, target=target, mask=masks, n_noise=cfg.n_noise, seed=cfg.seed,
-                                noise_mask=masks, smooth_sigma=cfg.smooth_sigma)
+    # The library's default noise (make_noise): on the features' mask, smoothed on its scale, centred.
+    point = fa.compare_to_noise(x, target=target, mask=masks, n_noise=cfg.n_noise, seed=cfg.seed)
     joint = fa.joint(x, target=target, mask=masks)
     result = {
         "balanced_accuracy": accuracy(model, x, y),
@@ -169,17 +171,11 @@ def evaluate_lesion_model(model: nn.Module, test: Lesions, cfg: DemoConfig,
 
 def _flow_vs_noise(model: nn.Module, x: Tensor, target: Optional[Tensor], masks: Tensor,
                    cfg: DemoConfig) -> NoiseComparison:
-    """Flow alignment F of the features and of ``cfg.n_noise`` noise directions.
-
-    The noise is drawn as for S (:func:`noise_construction`): smoothed, inside the features'
-    mask. Features and noise are measured along the same flows.
-    """
-    feats = features()
-    noise = noise_features(cfg.n_noise, seed=cfg.seed, smooth_sigma=cfg.smooth_sigma)
-    res = GradientFlowAlignment(model, feats + noise).attribute(
-        x, target=target, mask=masks, max_steps=cfg.flow_max_steps)
-    m = len(feats)
-    return NoiseComparison(res[:, :m], res[:, m:], [f.name for f in feats])
+    """Flow alignment F of the features and of ``cfg.n_noise`` noise directions, through
+    :meth:`GradientFlowAlignment.compare_to_noise` with the library's default noise (as for
+    S); features and noise are measured along the same flows."""
+    return GradientFlowAlignment(model, features()).compare_to_noise(
+        x, target=target, mask=masks, n_noise=cfg.n_noise, seed=cfg.seed, max_steps=cfg.flow_max_steps)
 
 
 def flow_summary(report: NoiseComparison, details: FlowResult) -> Dict[str, Any]:
@@ -228,13 +224,14 @@ def lesion_experiment(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     train, test = lesion_data(cfg)
     weights = cfg.lesion_weights(cfg.reg_brightness)
     results: Dict[str, Any] = {"n_train": len(train), "n_test": len(test), "rule": cfg.lesion_rule,
-                               "weights": weights, "n_noise": cfg.n_noise, "noise": noise_construction(cfg),
-                               "regularized_features": list(weights)}
+                               "weights": weights, "n_noise": cfg.n_noise, "regularized_features": list(weights),
+                               "decoys": [f.name for f in features() if f.name not in weights]}
     parts: Dict[str, Any] = {"train": train, "test": test}
     for name, w in (("plain", {}), ("regularized", weights)):
         model = train_lesion_model(train, cfg, lesion_regularizer(cfg, w, len(train)), progress,
                                    desc=f"train ({name})")
         results[name], parts[name] = evaluate_lesion_model(model, test, cfg)
+    results["noise"] = noise_construction(parts["plain"]["point"], parts["plain"]["flow"])
     results["J_ratio"] = results["regularized"]["J_mean"] / results["plain"]["J_mean"]
     results["J_paired_p"] = paired_greater(parts["regularized"]["joint"], parts["plain"]["joint"])
     return results, parts

@@ -15,10 +15,12 @@ from .claims import evaluate_claims
 from .config import DemoConfig, RunContext
 from .formatting import finite_or_none
 from .gad_digits import gad_experiment
+from .gad_settings import gad_sweep_experiment
 from .lesions import lesion_experiment
 from .noise_study import noise_constructions
 from .report import build_sections, report_markdown
 from .studies import feature_ablation, lambda_sweep, one_output_model
+from .volumes import volume_experiment
 
 __all__ = ["EXPERIMENTS", "run_demo"]
 
@@ -33,6 +35,8 @@ EXPERIMENTS: List[Tuple[str, str, Experiment]] = [
     ("one_output", "one-output model", one_output_model),
     ("noise", "noise constructions", noise_constructions),
     ("gad", "GAD on digits", gad_experiment),
+    ("gad_sweep", "GAD sweep", gad_sweep_experiment),
+    ("volumes", "volumes", volume_experiment),
 ]
 
 
@@ -47,8 +51,10 @@ def run_demo(
 
     The experiments: the seed paper's baseline and regularized training on synthetic lesions
     (S, F and J against noise), the λ sweep, the feature ablation, the paper's one-output
-    model, and GAD on real digits (RC, RS). ``quick`` runs all of them on less data and
-    shorter training (:meth:`DemoConfig.quick`).
+    model, the noise constructions, GAD on real digits (RC, RS), a GAD sweep around the
+    defaults, and volumes (a 3-D CNN). ``quick`` runs all of them on less data and shorter
+    training (:meth:`DemoConfig.quick`): the GAD sweep with 2 support models and 15 steps on
+    32 test images, the volumes with 120 of them, 10 epochs and a 2-model GAD.
 
     Args:
         out_dir: Output folder (created). It receives ``report.md``, ``results.json``,
