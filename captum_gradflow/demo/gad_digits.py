@@ -75,7 +75,7 @@ def region_metrics(model: nn.Module, x: Tensor, y: Tensor, base: Tensor, gad: Te
         "rc_n_undefined": int(rc.n_undefined),
         "median_regions_base": float(base_regions.n_regions.double().median()),
         "median_regions_gad": float(gad_regions.n_regions.double().median()),
-        "frac_rs_gad_greater": rs.gad_wins,
+        "frac_rs_gad_greater": rs.win_rate,
         "median_rs_gad": nanmedian(rs.gad),
         "median_rs_rest": nanmedian(rs.rest),
         "rs_paired_p": rs.p_value,
