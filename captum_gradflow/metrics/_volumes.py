@@ -264,78 +264,87 @@ def _sampled_overlap(
     c: VoxelComponents, a: np.ndarray, b: np.ndarray, n_examples: int, depth: int,
     shape: Tuple[int, int], s: int, hulls: dict,
 ) -> np.ndarray:
-    """Minus the doubly counted volume of pairs ``(a, b)``, on ``s^3`` points per voxel."""
-    correction = np.zeros(n_examples)
-    h, w = shape
-    contested = np.zeros((n_examples, depth, h, w), dtype=bool)
+    """Minus the doubly counted volume of pairs ``(a, b)``, on ``s^3`` points per voxel.
+
+    A point counted twice lies in some pair's box intersection, so each hull of a pair is
+    tested on that box's voxels only (see ``_box_rows``).
+    """
     lo = np.maximum(c.lo[a], c.lo[b])
-    hi = np.minimum(c.hi[a], c.hi[b]) + 1
-    for e, l, u in zip(c.example[a], lo, hi):
-        contested[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]] = True
-    ex, vz, vy, vx = np.nonzero(contested)
-    voxel = np.stack([vz, vy, vx], 1)
-    owner, member = _pair_voxels(contested, ex, vz, vy, vx, a, b, lo, hi, c.example[a])
-    bounds = np.r_[0, np.flatnonzero(np.diff(owner)) + 1, len(owner)]
-    # Pass 1, whole voxels: inside a hull by more than the voxel's reach, outside it, or cut
-    # by its boundary. Only voxels that two hulls may share and one boundary cuts are sampled.
-    n_whole = np.zeros(len(ex), dtype=np.int64)
-    n_cut = np.zeros(len(ex), dtype=np.int64)
-    cuts = []
-    for g0, g1 in zip(bounds[:-1], bounds[1:]):
-        k, rows = int(owner[g0]), member[g0:g1]
-        eq = planes(c, int(k), hulls)
-        dist = (voxel[rows] - c.lo[k] + 0.5) @ eq[:, :3].T + eq[:, 3]
-        reach = np.abs(eq[:, :3]).sum(1) / 2
-        whole = np.all(dist < -reach - _EPS, axis=1)
-        cut = ~whole & ~np.any(dist > reach + _EPS, axis=1)
-        n_whole[rows[whole]] += 1
-        n_cut[rows[cut]] += 1
-        # a cut voxel's points satisfy every plane but the few whose boundary passes near it
-        near_row, near_plane = np.nonzero(dist[cut] >= -reach - _EPS)
-        cuts.append((int(k), rows[cut][near_row], eq[near_plane]))
+    size = np.minimum(c.hi[a], c.hi[b]) + 1 - lo
+    gid, state, el_row, el_dist, el_normal = _box_rows(
+        c, np.r_[a, b], np.r_[lo, lo], np.r_[size, size], depth, shape, hulls
+    )
+    # Pass 1, whole voxels: per voxel the hulls holding it whole and those whose boundary
+    # cuts it; only voxels that two hulls may share and one boundary cuts are sampled.
+    voxels, vidx = np.unique(gid, return_inverse=True)
+    n_whole = np.bincount(vidx, weights=state == 1, minlength=len(voxels)).astype(I64)
+    n_cut = np.bincount(vidx, weights=state == 2, minlength=len(voxels)).astype(I64)
     extra = np.maximum(n_whole - 1, 0).astype(np.float64)
     need = (n_cut > 0) & (n_whole + n_cut >= 2)
-    extra[need] = 0.0
     # Pass 2: s^3 sub-voxel centres of those voxels; a point strictly inside m hulls is
     # counted m - 1 times too often.
-    slot = np.full(len(ex), -1, dtype=np.int64)
-    slot[need] = np.arange(int(need.sum()))
-    sub = (np.arange(s) + 0.5) / s
+    slot = np.cumsum(need) - 1
+    sub = (np.arange(s) + 0.5) / s - 0.5
     offsets = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)
-    hits = np.repeat(n_whole[need][:, None], len(offsets), axis=1).astype(np.int32)
-    for k, rows, eq in cuts:
-        sel = need[rows]
-        if not sel.any():
-            continue
-        rows, eq = rows[sel], eq[sel]
-        pts = (voxel[rows] - c.lo[k])[:, None, :] + offsets[None]  # (pairs, s^3, 3)
-        outside = np.einsum("psd,pd->ps", pts, eq[:, :3]) + eq[:, 3:] >= -_EPS
-        first = np.r_[True, rows[1:] != rows[:-1]]  # pairs come grouped by voxel
-        starts = np.flatnonzero(first)
-        hits[slot[rows[starts]]] += ~np.logical_or.reduceat(outside, starts, axis=0)
+    hits = np.repeat(n_whole[need][:, None], len(offsets), axis=1)
+    sel = need[vidx[el_row]]
+    e_row = el_row[sel]
+    if len(e_row):
+        outside = el_dist[sel][:, None] + el_normal[sel] @ offsets.T >= -_EPS
+        starts = np.flatnonzero(np.r_[True, e_row[1:] != e_row[:-1]])
+        inside = ~np.logical_or.reduceat(outside, starts, axis=0)
+        target = slot[vidx[e_row[starts]]]
+        order = np.argsort(target, kind="stable")
+        target = target[order]
+        first = np.flatnonzero(np.r_[True, target[1:] != target[:-1]])
+        hits[target[first]] += np.add.reduceat(inside[order].astype(I64), first, axis=0)
     extra[need] = np.maximum(hits - 1, 0).sum(1) / float(s ** 3)
-    np.add.at(correction, ex, -extra)
-    return correction
+    per_example = depth * shape[0] * shape[1]
+    return -np.bincount(voxels // per_example, weights=extra, minlength=n_examples)
 
 
-def _pair_voxels(
-    contested: np.ndarray, ex: np.ndarray, vz: np.ndarray, vy: np.ndarray, vx: np.ndarray,
-    a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, example: np.ndarray,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """``(hull, contested voxel)`` pairs, sorted by hull: the voxels of each hull's pair boxes.
+def _box_rows(
+    c: VoxelComponents, hull: np.ndarray, box_lo: np.ndarray, box_size: np.ndarray,
+    depth: int, shape: Tuple[int, int], hulls: dict,
+) -> Tuple[np.ndarray, ...]:
+    """Hull ``hull[i]`` against the voxels of box ``i``, one row per (hull, voxel).
 
-    A point counted twice lies in some pair's box intersection, so each hull is tested only
-    on the intersections of its own pairs.
+    Returns per row the voxel's global id and its state (0 outside the hull, 1 wholly
+    strictly inside, 2 cut by its boundary), and for cut rows, grouped by row, the facet
+    planes passing near the voxel: row, distance of the voxel centre, normal. Only planes
+    that cut the box are evaluated (a half-space holding the whole box excludes nothing).
     """
-    index = np.full(contested.shape, -1, dtype=np.int64)
-    index[ex, vz, vy, vx] = np.arange(len(ex))
-    rows_of, hull_of_row = [], []
-    for e, l, u, ka, kb in zip(example, lo, hi, a, b):
-        r = index[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]].ravel()
-        rows_of += [r, r]
-        hull_of_row += [np.full(len(r), ka), np.full(len(r), kb)]
-    key = np.unique(np.concatenate(hull_of_row) * len(ex) + np.concatenate(rows_of))
-    return key // len(ex), key % len(ex)
+    h, w = shape
+    gids, states, keys, rows, dists, normals = [], [], [], [], [], []
+    n_rows = 0
+    stride = (int(c.example.max()) + 1) * depth * h * w
+    for k, l, sz in zip(hull.tolist(), box_lo, box_size):
+        eq = planes(c, k, hulls)
+        rel = l - c.lo[k]
+        corner = (rel + _CORNERS * sz) @ eq[:, :3].T + eq[:, 3]
+        eq = eq[corner.max(0) >= -_EPS]
+        axes = [np.arange(n) + r + 0.5 for n, r in zip(sz, rel)]
+        dist = (axes[0][:, None, None, None] * eq[:, 0] + axes[1][None, :, None, None] * eq[:, 1]
+                + axes[2][None, None, :, None] * eq[:, 2] + eq[:, 3]).reshape(-1, len(eq))
+        reach = np.abs(eq[:, :3]).sum(1) / 2
+        out = np.any(dist > reach + _EPS, axis=1)
+        near = (dist >= -reach - _EPS) & ~out[:, None]
+        state = np.where(out, 0, np.where(near.any(1), 2, 1))
+        zz, yy, xx = np.unravel_index(np.arange(len(dist)), tuple(sz))
+        gid = ((c.example[k] * depth + zz + l[0]) * h + yy + l[1]) * w + xx + l[2]
+        r, p = np.nonzero(near)
+        gids.append(gid), states.append(state), keys.append(k * stride + gid)
+        rows.append(r + n_rows), dists.append(dist[r, p]), normals.append(eq[p, :3])
+        n_rows += len(dist)
+    key = np.concatenate(keys)
+    _, first = np.unique(key, return_index=True)  # the same (hull, voxel) from two boxes
+    keep = np.zeros(len(key), dtype=bool)
+    keep[first] = True
+    new_index = np.cumsum(keep) - 1
+    row = np.concatenate(rows)
+    sel = keep[row]
+    return (np.concatenate(gids)[keep], np.concatenate(states)[keep], new_index[row[sel]],
+            np.concatenate(dists)[sel], np.concatenate(normals)[sel])
 
 
 def planes(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
@@ -348,7 +357,10 @@ def planes(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
             eye = np.eye(3)
             hulls[key] = np.c_[np.r_[eye, -eye], np.r_[-size, np.zeros(3)]]
         else:
-            hulls[key] = hull_of(c, k, hulls).equations
+            eq = hull_of(c, k, hulls).equations
+            # Qhull gives one plane per triangle: coplanar triangles repeat a facet's plane
+            _, first = np.unique(np.round(eq, 9), axis=0, return_index=True)
+            hulls[key] = eq[np.sort(first)]
     return hulls[key]
 
 
