@@ -284,23 +284,30 @@ def _sampled_overlap(
     # Pass 2: s^3 sub-voxel centres of those voxels; a point strictly inside m hulls is
     # counted m - 1 times too often.
     slot = np.cumsum(need) - 1
-    sub = (np.arange(s) + 0.5) / s - 0.5
-    offsets = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)
-    hits = np.repeat(n_whole[need][:, None], len(offsets), axis=1)
+    hits = np.repeat(n_whole[need][:, None].astype(np.int32), s ** 3, axis=1)
     sel = need[vidx[el_row]]
     e_row = el_row[sel]
     if len(e_row):
-        outside = el_dist[sel][:, None] + el_normal[sel] @ offsets.T >= -_EPS
-        starts = np.flatnonzero(np.r_[True, e_row[1:] != e_row[:-1]])
-        inside = ~np.logical_or.reduceat(outside, starts, axis=0)
-        target = slot[vidx[e_row[starts]]]
+        inside = _inside_points(el_dist[sel], el_normal[sel], e_row, s)
+        target = slot[vidx[np.unique(e_row)]]
         order = np.argsort(target, kind="stable")
         target = target[order]
         first = np.flatnonzero(np.r_[True, target[1:] != target[:-1]])
-        hits[target[first]] += np.add.reduceat(inside[order].astype(I64), first, axis=0)
+        hits[target[first]] += np.add.reduceat(inside[order].astype(np.int32), first, axis=0)
     extra[need] = np.maximum(hits - 1, 0).sum(1) / float(s ** 3)
     per_example = depth * shape[0] * shape[1]
     return -np.bincount(voxels // per_example, weights=extra, minlength=n_examples)
+
+
+def _inside_points(dist: np.ndarray, normal: np.ndarray, row: np.ndarray, s: int) -> np.ndarray:
+    """Per row (elements grouped by row), which of the ``s^3`` sub-voxel centres of its voxel
+    are strictly inside all of its planes; ``dist`` is each plane's distance at the centre."""
+    sub = (np.arange(s) + 0.5) / s - 0.5
+    part = [normal[:, i:i + 1] * sub for i in range(3)]  # separable: z, y and x offsets
+    zy = (dist[:, None] + part[0])[:, :, None] + part[1][:, None, :]
+    outside = (zy[..., None] + part[2][:, None, None, :] >= -_EPS).reshape(len(dist), -1)
+    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    return ~np.logical_or.reduceat(outside, starts, axis=0)
 
 
 def _box_rows(
