@@ -222,11 +222,13 @@ def _edge_rows(x, y, k) -> Tuple[np.ndarray, ...]:
     same = k[1:] == k[:-1]
     xa, ya, xb, yb, kk = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same], k[:-1][same]
     span = yb - ya
-    e = np.repeat(np.arange(len(span)), span)
-    row = ya[e] + np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
-    d = span[e]
-    n0 = xa[e] * d + (row - ya[e]) * (xb[e] - xa[e])
-    return kk[e], row, n0, n0 + (xb[e] - xa[e]), d
+    if (span == 1).all():  # nothing pruned: one row per edge
+        return kk, ya, xa, xb, span
+    # repeating each edge's values is cheaper than gathering them through an index
+    step = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
+    d, dx = np.repeat(span, span), np.repeat(xb - xa, span)
+    n0 = np.repeat(xa, span) * d + step * dx
+    return np.repeat(kk, span), np.repeat(ya, span) + step, n0, n0 + dx, d
 
 
 def _trapezoids(lx, ly, lk, rx, ry, rk) -> Trapezoids:
