@@ -23,7 +23,7 @@ remove nothing, so the union of disjoint hulls stays exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy.spatial import ConvexHull

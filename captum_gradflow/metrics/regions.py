@@ -41,7 +41,7 @@ from captum_gradflow.metrics._hulls import (
     rasterise,
     union_correction,
 )
-from captum_gradflow.metrics.volume_regions import VolumeRegions, regions_of_volumes
+from captum_gradflow.metrics.volume_regions import RegionSet, VolumeRegions, regions_of_volumes
 
 __all__ = ["Regions", "VolumeRegions", "attribution_regions", "reduce_channels"]
 
@@ -49,7 +49,7 @@ MapsLike = Union[Tensor, np.ndarray, Sequence[Tensor]]
 AnyRegions = Union["Regions", VolumeRegions]
 
 
-class Regions:
+class Regions(RegionSet):
     """Regions of a batch of attribution maps, as returned by :func:`attribution_regions`.
 
     Attributes:
@@ -81,28 +81,11 @@ class Regions:
         first_hull: np.ndarray,
         stacked_index: np.ndarray,
     ) -> None:
-        self.area = area
-        self.n_regions = n_regions
-        self.kept = kept
-        self.notes = notes
+        super().__init__(area, n_regions, kept, notes)
         self._hulls = hulls
         self._trapezoids = trapezoids
         self._first_hull = first_hull  # index of each example's first hull
         self._stacked_index = stacked_index  # each example's position in the stacked image
-
-    def __len__(self) -> int:
-        return len(self.notes)
-
-    def __repr__(self) -> str:
-        return (
-            f"Regions(n={len(self)}, shape={tuple(self.shape)}, "
-            f"n_regions={self.n_regions.tolist()}, area={self.area.tolist()})"
-        )
-
-    @property
-    def shape(self) -> torch.Size:
-        """``(N, H, W)`` of the maps the regions came from."""
-        return self.kept.shape
 
     @cached_property
     def mask(self) -> Tensor:
@@ -125,26 +108,12 @@ class Regions:
             for p in self.polygons
         ]
 
-    def __getitem__(self, idx: Union[int, slice]) -> "Regions":
-        n = len(self)
-        if isinstance(idx, int) and not isinstance(idx, bool):
-            if not -n <= idx < n:
-                raise IndexError(f"example index {idx} is out of range for {n} examples")
-            idx = slice(idx % n, idx % n + 1)
-        if not isinstance(idx, slice):
-            raise TypeError(
-                f"Regions can be indexed by an int or a slice, got {type(idx).__name__}"
-            )
-        pick = np.arange(n)[idx]
-        # a slice of a tensor is a view: no copy of the (N, H, W) pixel tensors
-        out = Regions(
+    def _select(self, idx: slice, pick: np.ndarray) -> "Regions":
+        return Regions(
             self.area[idx], self.n_regions[idx], self.kept[idx],
             [self.notes[i] for i in pick], self._hulls, self._trapezoids,
             self._first_hull[pick], self._stacked_index[pick],
         )
-        if "mask" in self.__dict__:  # already rasterised: share it
-            out.__dict__["mask"] = self.__dict__["mask"][idx]
-        return out
 
 
 def attribution_regions(
