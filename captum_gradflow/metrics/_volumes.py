@@ -272,7 +272,7 @@ def _sampled_overlap(
     lo = np.maximum(c.lo[a], c.lo[b])
     size = np.minimum(c.hi[a], c.hi[b]) + 1 - lo
     gid, state, el_row, el_dist, el_normal = _box_rows(
-        c, np.r_[a, b], np.r_[lo, lo], np.r_[size, size], depth, shape, hulls
+        c, np.r_[a, b], np.r_[lo, lo], np.r_[size, size], depth, shape, s, hulls
     )
     # Pass 1, whole voxels: per voxel the hulls holding it whole and those whose boundary
     # cuts it; only voxels that two hulls may share and one boundary cuts are sampled.
@@ -312,35 +312,43 @@ def _inside_points(dist: np.ndarray, normal: np.ndarray, row: np.ndarray, s: int
 
 def _box_rows(
     c: VoxelComponents, hull: np.ndarray, box_lo: np.ndarray, box_size: np.ndarray,
-    depth: int, shape: Tuple[int, int], hulls: dict,
+    depth: int, shape: Tuple[int, int], s: int, hulls: dict,
 ) -> Tuple[np.ndarray, ...]:
     """Hull ``hull[i]`` against the voxels of box ``i``, one row per (hull, voxel).
 
-    Returns per row the voxel's global id and its state (0 outside the hull, 1 wholly
-    strictly inside, 2 cut by its boundary), and for cut rows, grouped by row, the facet
-    planes passing near the voxel: row, distance of the voxel centre, normal. Only planes
-    that cut the box are evaluated (a half-space holding the whole box excludes nothing).
+    Returns per row the voxel's global id and its state (0: none of its ``s^3`` points is
+    strictly inside the hull, 1: all are, 2: the boundary passes between them), and for
+    cut rows, grouped by row, the facet planes passing near its points: row, distance of
+    the voxel centre, normal. Only planes that cut the box's points are evaluated (a
+    half-space holding them all excludes nothing); a box hull holds all its voxels' points.
     """
     h, w = shape
     gids, states, keys, rows, dists, normals = [], [], [], [], [], []
     n_rows = 0
     stride = (int(c.example.max()) + 1) * depth * h * w
+    is_box = c.count == np.prod(c.hi - c.lo + 1, axis=1)
+    half = 0.5 - 0.5 / s  # from a voxel's centre to its outermost points, along each axis
     for k, l, sz in zip(hull.tolist(), box_lo, box_size):
+        zz, yy, xx = np.unravel_index(np.arange(int(np.prod(sz))), tuple(sz))
+        gid = ((c.example[k] * depth + zz + l[0]) * h + yy + l[1]) * w + xx + l[2]
+        gids.append(gid), keys.append(k * stride + gid)
+        if is_box[k]:
+            states.append(np.ones(len(gid), dtype=I64))
+            n_rows += len(gid)
+            continue
         eq = planes(c, k, hulls)
         rel = l - c.lo[k]
-        corner = (rel + _CORNERS * sz) @ eq[:, :3].T + eq[:, 3]
+        corner = (rel + 0.5 - half + _CORNERS * (sz - 1 + 2 * half)) @ eq[:, :3].T + eq[:, 3]
         eq = eq[corner.max(0) >= -_EPS]
         axes = [np.arange(n) + r + 0.5 for n, r in zip(sz, rel)]
         dist = (axes[0][:, None, None, None] * eq[:, 0] + axes[1][None, :, None, None] * eq[:, 1]
-                + axes[2][None, None, :, None] * eq[:, 2] + eq[:, 3]).reshape(-1, len(eq))
-        reach = np.abs(eq[:, :3]).sum(1) / 2
-        out = np.any(dist > reach + _EPS, axis=1)
-        near = (dist >= -reach - _EPS) & ~out[:, None]
+                + axes[2][None, None, :, None] * eq[:, 2] + eq[:, 3]).reshape(len(gid), len(eq))
+        reach = np.abs(eq[:, :3]).sum(1) * half
+        out = np.any(dist - reach >= -_EPS, axis=1)
+        near = (dist + reach >= -_EPS) & ~out[:, None]
         state = np.where(out, 0, np.where(near.any(1), 2, 1))
-        zz, yy, xx = np.unravel_index(np.arange(len(dist)), tuple(sz))
-        gid = ((c.example[k] * depth + zz + l[0]) * h + yy + l[1]) * w + xx + l[2]
+        states.append(state)
         r, p = np.nonzero(near)
-        gids.append(gid), states.append(state), keys.append(k * stride + gid)
         rows.append(r + n_rows), dists.append(dist[r, p]), normals.append(eq[p, :3])
         n_rows += len(dist)
     key = np.concatenate(keys)
@@ -348,10 +356,11 @@ def _box_rows(
     keep = np.zeros(len(key), dtype=bool)
     keep[first] = True
     new_index = np.cumsum(keep) - 1
-    row = np.concatenate(rows)
+    row = np.concatenate(rows + [np.zeros(0, dtype=I64)])
     sel = keep[row]
     return (np.concatenate(gids)[keep], np.concatenate(states)[keep], new_index[row[sel]],
-            np.concatenate(dists)[sel], np.concatenate(normals)[sel])
+            np.concatenate(dists + [np.zeros(0)])[sel],
+            np.concatenate(normals + [np.zeros((0, 3))])[sel])
 
 
 def planes(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
