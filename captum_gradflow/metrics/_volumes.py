@@ -301,13 +301,24 @@ def _sampled_overlap(
 
 def _inside_points(dist: np.ndarray, normal: np.ndarray, row: np.ndarray, s: int) -> np.ndarray:
     """Per row (elements grouped by row), which of the ``s^3`` sub-voxel centres of its voxel
-    are strictly inside all of its planes; ``dist`` is each plane's distance at the centre."""
+    are strictly inside all of its planes; ``dist`` is each plane's distance at the centre.
+
+    Worked in chunks of rows: small temporaries stay in cache (large fresh arrays cost more
+    in page faults than in arithmetic).
+    """
     sub = (np.arange(s) + 0.5) / s - 0.5
-    part = [normal[:, i:i + 1] * sub for i in range(3)]  # separable: z, y and x offsets
-    zy = (dist[:, None] + part[0])[:, :, None] + part[1][:, None, :]
-    outside = (zy[..., None] + part[2][:, None, None, :] >= -_EPS).reshape(len(dist), -1)
     starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
-    return ~np.logical_or.reduceat(outside, starts, axis=0)
+    inside = np.empty((len(starts), s ** 3), dtype=bool)
+    bounds = np.r_[starts, len(row)]
+    chunk = max(1, 2 ** 16 // s ** 3)
+    for g0 in range(0, len(starts), chunk):
+        g1 = min(g0 + chunk, len(starts))
+        e0, e1 = bounds[g0], bounds[g1]
+        part = [normal[e0:e1, i:i + 1] * sub for i in range(3)]  # separable: z, y, x offsets
+        zy = (dist[e0:e1, None] + part[0])[:, :, None] + part[1][:, None, :]
+        outside = (zy[..., None] + part[2][:, None, None, :] >= -_EPS).reshape(e1 - e0, -1)
+        inside[g0:g1] = ~np.logical_or.reduceat(outside, starts[g0:g1] - e0, axis=0)
+    return inside
 
 
 def _box_rows(
