@@ -87,32 +87,29 @@ def components(labels: np.ndarray, n_labels: int, depth: int) -> VoxelComponents
 def candidate_points(c: VoxelComponents, k: int) -> np.ndarray:
     """Corners of component ``k``'s cubes that can be hull vertices, relative to its box.
 
-    Row ends first (per ``(z, y)`` the first and last voxel), then per axis line only the two
-    extreme corners: both steps keep the hull, and a ball keeps about its surface.
+    Every corner lies on a line parallel to x through integer ``(z, y)``; only the two
+    extreme corners of each line can be hull vertices (the others lie between them). A
+    line's extremes come from the first and last voxels of the (up to four) rows of voxels
+    that touch it, read off a small grid without sorting; a ball keeps about its surface.
     """
     v = c.voxels(k) - c.lo[k]
     if len(v) <= 16:  # filtering would cost more than Qhull saves
         return (v[:, None, :] + _CORNERS[None]).reshape(-1, 3)
-    key = v[:, 0] * (c.hi[k, 1] - c.lo[k, 1] + 1) + v[:, 1]
-    first = np.r_[True, key[1:] != key[:-1]]
-    last = np.r_[key[1:] != key[:-1], True]
-    ends = np.concatenate([v[first], v[last]])
-    pts = (ends[:, None, :] + _CORNERS[None]).reshape(-1, 3)
-    for axis in (1, 0, 2):
-        pts = _line_extremes(pts, axis)
-    return pts
-
-
-def _line_extremes(pts: np.ndarray, axis: int) -> np.ndarray:
-    """Keep, on every line parallel to ``axis``, only the smallest and largest point."""
-    others = [a for a in range(3) if a != axis]
-    span = pts.max(0) + 2
-    key = pts[:, others[0]] * span[others[1]] + pts[:, others[1]]
-    order = np.lexsort((pts[:, axis], key))
-    p, key = pts[order], key[order]
-    first = np.r_[True, key[1:] != key[:-1]]
-    last = np.r_[key[1:] != key[:-1], True]
-    return p[first | last]
+    dz, dy, dx = c.hi[k] - c.lo[k] + 1
+    key = v[:, 0] * dy + v[:, 1]  # voxels are in raster order: rows are runs of one key
+    first = v[np.r_[True, key[1:] != key[:-1]]]
+    last = v[np.r_[key[1:] != key[:-1], True]]
+    low = np.full((dz + 2, dy + 2), dx + 1, dtype=I64)  # padded: row (z, y) at (z+1, y+1)
+    high = np.full((dz + 2, dy + 2), -1, dtype=I64)
+    low[first[:, 0] + 1, first[:, 1] + 1] = first[:, 2]
+    high[last[:, 0] + 1, last[:, 1] + 1] = last[:, 2] + 1
+    # corner line (z, y) touches rows z - 1 and z, y - 1 and y
+    low = np.minimum(np.minimum(low[:-1, :-1], low[1:, :-1]),
+                     np.minimum(low[:-1, 1:], low[1:, 1:]))
+    high = np.maximum(np.maximum(high[:-1, :-1], high[1:, :-1]),
+                      np.maximum(high[:-1, 1:], high[1:, 1:]))
+    zz, yy = np.nonzero(high >= 0)
+    return np.r_[np.stack([zz, yy, low[zz, yy]], 1), np.stack([zz, yy, high[zz, yy]], 1)]
 
 
 def closed_form_volumes(c: VoxelComponents) -> Tuple[np.ndarray, np.ndarray]:
