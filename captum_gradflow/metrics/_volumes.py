@@ -286,11 +286,8 @@ def _sampled_overlap(
     e_row = el_row[sel]
     if len(e_row):
         inside = _inside_points(el_dist[sel], el_normal[sel], e_row, s)
-        target = slot[vidx[np.unique(e_row)]]
-        order = np.argsort(target, kind="stable")
-        target = target[order]
-        first = np.flatnonzero(np.r_[True, target[1:] != target[:-1]])
-        hits[target[first]] += np.add.reduceat(inside[order].astype(np.int32), first, axis=0)
+        point = slot[vidx[np.unique(e_row)]][:, None] * s ** 3 + np.arange(s ** 3)
+        hits += np.bincount(point[inside], minlength=hits.size).reshape(hits.shape)
     extra[need] = np.maximum(hits - 1, 0).sum(1) / float(s ** 3)
     per_example = depth * shape[0] * shape[1]
     return -np.bincount(voxels // per_example, weights=extra, minlength=n_examples)
