@@ -23,14 +23,14 @@ remove nothing, so the union of disjoint hulls stays exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 from scipy.spatial import ConvexHull
 
 I64 = np.int64
-_EPS = 1e-9
-_CORNERS = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=I64)
+EPS = 1e-9
+CORNERS = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=I64)
 
 
 @dataclass
@@ -94,7 +94,7 @@ def candidate_points(c: VoxelComponents, k: int) -> np.ndarray:
     """
     v = c.voxels(k) - c.lo[k]
     if len(v) <= 16:  # filtering would cost more than Qhull saves
-        return (v[:, None, :] + _CORNERS[None]).reshape(-1, 3)
+        return (v[:, None, :] + CORNERS[None]).reshape(-1, 3)
     dz, dy, dx = c.hi[k] - c.lo[k] + 1
     key = v[:, 0] * dy + v[:, 1]  # voxels are in raster order: rows are runs of one key
     first = v[np.r_[True, key[1:] != key[:-1]]]
@@ -227,9 +227,9 @@ def _classify_pairs(
             continue
         eq = planes(c, k, hulls)
         # the partner's bounding box inside the hull: so is the partner's hull
-        box_pts = (c.lo[partners][:, None] + _CORNERS[None] * (c.hi - c.lo + 1)[partners][:, None])
+        box_pts = (c.lo[partners][:, None] + CORNERS[None] * (c.hi - c.lo + 1)[partners][:, None])
         dist = (box_pts - c.lo[k]).reshape(-1, 3) @ eq[:, :3].T + eq[:, 3]
-        inside[rows] = np.all(dist.reshape(len(rows), 8, -1) <= _EPS, axis=(1, 2))
+        inside[rows] = np.all(dist.reshape(len(rows), 8, -1) <= EPS, axis=(1, 2))
         rest = rows[~inside[rows]]
         few = c.count[small[rest]] <= 16  # all corners, at once; larger ones filtered first
         if few.any():
@@ -237,8 +237,8 @@ def _classify_pairs(
         for r in rest[~few]:
             pts = candidate_points(c, int(small[r])) + c.lo[small[r]] - c.lo[k]
             d = pts @ eq[:, :3].T + eq[:, 3]
-            inside[r] = bool(np.all(d <= _EPS))
-            apart[r] = bool(np.any(np.all(d >= -_EPS, axis=0)))
+            inside[r] = bool(np.all(d <= EPS))
+            apart[r] = bool(np.any(np.all(d >= -EPS, axis=0)))
     return inside, apart
 
 
@@ -250,10 +250,10 @@ def _corners_against(
     first = c.start[comps] - np.r_[0, np.cumsum(count)[:-1]]
     voxel = np.repeat(first, count) + np.arange(count.sum())
     pts = np.stack([c.z[voxel], c.y[voxel], c.x[voxel]], 1) - origin
-    d = ((pts[:, None, :] + _CORNERS[None]).reshape(-1, 3)) @ eq[:, :3].T + eq[:, 3]
+    d = ((pts[:, None, :] + CORNERS[None]).reshape(-1, 3)) @ eq[:, :3].T + eq[:, 3]
     starts = np.r_[0, np.cumsum(8 * count)[:-1]]
-    inside = np.logical_and.reduceat(np.all(d <= _EPS, axis=1), starts)
-    apart = np.logical_and.reduceat(d >= -_EPS, starts, axis=0).any(axis=1)
+    inside = np.logical_and.reduceat(np.all(d <= EPS, axis=1), starts)
+    apart = np.logical_and.reduceat(d >= -EPS, starts, axis=0).any(axis=1)
     return inside, apart
 
 
@@ -310,7 +310,7 @@ def _inside_points(dist: np.ndarray, normal: np.ndarray, row: np.ndarray, s: int
         e0, e1 = bounds[g0], bounds[g1]
         part = [normal[e0:e1, i:i + 1] * sub for i in range(3)]  # separable: z, y, x offsets
         zy = (dist[e0:e1, None] + part[0])[:, :, None] + part[1][:, None, :]
-        outside = (zy[..., None] + part[2][:, None, None, :] >= -_EPS).reshape(e1 - e0, -1)
+        outside = (zy[..., None] + part[2][:, None, None, :] >= -EPS).reshape(e1 - e0, -1)
         inside[g0:g1] = ~np.logical_or.reduceat(outside, starts[g0:g1] - e0, axis=0)
     return inside
 
@@ -343,14 +343,14 @@ def _box_rows(
             continue
         eq = planes(c, k, hulls)
         rel = l - c.lo[k]
-        corner = (rel + 0.5 - half + _CORNERS * (sz - 1 + 2 * half)) @ eq[:, :3].T + eq[:, 3]
-        eq = eq[corner.max(0) >= -_EPS]
+        corner = (rel + 0.5 - half + CORNERS * (sz - 1 + 2 * half)) @ eq[:, :3].T + eq[:, 3]
+        eq = eq[corner.max(0) >= -EPS]
         axes = [np.arange(n) + r + 0.5 for n, r in zip(sz, rel)]
         dist = (axes[0][:, None, None, None] * eq[:, 0] + axes[1][None, :, None, None] * eq[:, 1]
                 + axes[2][None, None, :, None] * eq[:, 2] + eq[:, 3]).reshape(len(gid), len(eq))
         reach = np.abs(eq[:, :3]).sum(1) * half
-        out = np.any(dist - reach >= -_EPS, axis=1)
-        near = (dist + reach >= -_EPS) & ~out[:, None]
+        out = np.any(dist - reach >= -EPS, axis=1)
+        near = (dist + reach >= -EPS) & ~out[:, None]
         state = np.where(out, 0, np.where(near.any(1), 2, 1))
         states.append(state)
         r, p = np.nonzero(near)
@@ -390,40 +390,3 @@ def hull_of(c: VoxelComponents, k: int, hulls: dict) -> ConvexHull:
     if k not in hulls:
         hulls[k] = qhull(c, k)
     return hulls[k]
-
-
-def rasterise(
-    c: VoxelComponents, n_examples: int, depth: int, shape: Tuple[int, int], hulls: dict,
-    examples: Optional[np.ndarray] = None,
-) -> np.ndarray:
-    """``(n, D, H, W)`` bool: voxels whose centre lies inside or on a hull.
-
-    Boxes fill their box; every other hull tests the voxel centres of its bounding box
-    against its facet planes, all centres of a hull in one matrix product.
-    """
-    h, w = shape
-    pick = np.arange(n_examples) if examples is None else np.asarray(examples)
-    where = np.full(max(n_examples, 1), -1, dtype=I64)
-    where[pick] = np.arange(len(pick))
-    mask = np.zeros((len(pick), depth, h, w), dtype=bool)
-    size = c.hi - c.lo + 1
-    is_box = c.count == np.prod(size, axis=1)
-    for k in np.flatnonzero(where[c.example] >= 0):
-        e, l, u = where[c.example[k]], c.lo[k], c.hi[k] + 1
-        view = mask[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]]
-        if is_box[k]:
-            view[...] = True
-            continue
-        eq = hull_of(c, int(k), hulls).equations
-        grid = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in size[k]], indexing="ij"), -1)
-        view |= np.all(grid @ eq[:, :3].T + eq[:, 3] <= _EPS, axis=-1)
-    return mask
-
-
-def hull_vertices(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
-    """``(V, 3)`` float vertices ``(z, y, x)`` of component ``k``'s hull, in voxel-corner units."""
-    size = c.hi[k] - c.lo[k] + 1
-    if c.count[k] == np.prod(size):
-        return (_CORNERS * size + c.lo[k]).astype(np.float64)
-    hull = hull_of(c, k, hulls)
-    return hull.points[hull.vertices] + c.lo[k]

@@ -17,13 +17,13 @@ from skimage.measure import label as _label_components
 from torch import Tensor
 
 from captum_gradflow.metrics._volumes import (
+    CORNERS,
+    EPS,
     VoxelComponents,
     components,
     hull_of,
-    hull_vertices,
     hull_volumes,
     overlap_corrections,
-    rasterise,
 )
 
 __all__ = ["RegionSet", "VolumeRegions", "regions_of_volumes"]
@@ -188,3 +188,40 @@ def regions_of_volumes(
         examples=np.arange(n, dtype=np.int64),
         qhulls=qhulls,
     )
+
+
+def rasterise(
+    c: VoxelComponents, n_examples: int, depth: int, shape: Tuple[int, int], hulls: dict,
+    examples: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """``(n, D, H, W)`` bool: voxels whose centre lies inside or on a hull.
+
+    Boxes fill their box; every other hull tests the voxel centres of its bounding box
+    against its facet planes, all centres of a hull in one matrix product.
+    """
+    h, w = shape
+    pick = np.arange(n_examples) if examples is None else np.asarray(examples)
+    where = np.full(max(n_examples, 1), -1, dtype=np.int64)
+    where[pick] = np.arange(len(pick))
+    mask = np.zeros((len(pick), depth, h, w), dtype=bool)
+    size = c.hi - c.lo + 1
+    is_box = c.count == np.prod(size, axis=1)
+    for k in np.flatnonzero(where[c.example] >= 0):
+        e, l, u = where[c.example[k]], c.lo[k], c.hi[k] + 1
+        view = mask[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]]
+        if is_box[k]:
+            view[...] = True
+            continue
+        eq = hull_of(c, int(k), hulls).equations
+        grid = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in size[k]], indexing="ij"), -1)
+        view |= np.all(grid @ eq[:, :3].T + eq[:, 3] <= EPS, axis=-1)
+    return mask
+
+
+def hull_vertices(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
+    """``(V, 3)`` float vertices ``(z, y, x)`` of component ``k``'s hull, in voxel-corner units."""
+    size = c.hi[k] - c.lo[k] + 1
+    if c.count[k] == np.prod(size):
+        return (CORNERS * size + c.lo[k]).astype(np.float64)
+    hull = hull_of(c, k, hulls)
+    return hull.points[hull.vertices] + c.lo[k]
