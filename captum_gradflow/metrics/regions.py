@@ -37,6 +37,7 @@ from captum_gradflow.metrics._hulls import (
     Hulls,
     Trapezoids,
     component_hulls,
+    concat_hulls,
     overlapping_pairs,
     rasterise,
     union_correction,
@@ -44,6 +45,8 @@ from captum_gradflow.metrics._hulls import (
 from captum_gradflow.metrics.volume_regions import RegionSet, VolumeRegions, regions_of_volumes
 
 __all__ = ["Regions", "VolumeRegions", "attribution_regions", "reduce_channels"]
+
+CHUNK = 16  # maps per pass of the 2-D hull computation
 
 MapsLike = Union[Tensor, np.ndarray, Sequence[Tensor]]
 AnyRegions = Union["Regions", VolumeRegions]
@@ -260,11 +263,41 @@ def regions_of_maps(
     min_size: int, supersampling: int = 4,
 ) -> AnyRegions:
     """:func:`attribution_regions` of reduced ``(N, H, W)`` or ``(N, D, H, W)`` maps."""
-    kept, notes = keep_pixels(maps, q, threshold)
     if maps.ndim == 4:
+        kept, notes = keep_pixels(maps, q, threshold)
         return regions_of_volumes(kept, notes, connectivity, min_size, supersampling)
     n, h, w = maps.shape
-    labels, inside, n_labels = _label(kept, connectivity or 2, min_size)
+    # A few maps per pass: their temporaries are reused from pass to pass instead of being
+    # page-faulted afresh, which on noisy maps costs more than the arithmetic.
+    notes: List[str] = []
+    parts = []
+    for i in range(0, n, CHUNK):
+        kept, chunk_notes = keep_pixels(maps[i:i + CHUNK], q, threshold)
+        notes += chunk_notes
+        parts.append(_regions_of_chunk(kept, connectivity or 2, min_size))
+    hulls, trapezoids = concat_hulls(
+        [p[1] for p in parts], [p[2] for p in parts], [i * (h + 1) for i in range(0, n, CHUNK)]
+    )
+    counts = np.concatenate([p[4] for p in parts])
+    return Regions(
+        area=torch.from_numpy(np.concatenate([p[3] for p in parts])),
+        n_regions=torch.from_numpy(counts),
+        kept=torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts]))),
+        notes=notes,
+        hulls=hulls,
+        trapezoids=trapezoids,
+        first_hull=np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64),
+        stacked_index=np.arange(n, dtype=np.int64),
+    )
+
+
+def _regions_of_chunk(
+    kept: np.ndarray, connectivity: int, min_size: int
+) -> Tuple[np.ndarray, Hulls, Trapezoids, np.ndarray, np.ndarray]:
+    """Kept pixels (after ``min_size``), hulls, trapezoids, union areas and region counts
+    of a few ``(n, H, W)`` maps, in the stacked coordinates of these maps."""
+    n, h, w = kept.shape
+    labels, inside, n_labels = _label(kept, connectivity, min_size)
     if min_size > 1:
         kept = inside.reshape(n, h + 1, w + 2)[:, :h, 1:-1]
     hulls, trapezoids = component_hulls(labels, inside, n_labels)
@@ -275,16 +308,7 @@ def regions_of_maps(
     # Where hulls overlap, subtract the doubly counted area (exact, per row of pixels).
     rows, correction = union_correction(trapezoids, *overlapping_pairs(trapezoids))
     area += np.bincount(rows // (h + 1), weights=correction, minlength=n)
-    return Regions(
-        area=torch.from_numpy(area),
-        n_regions=torch.from_numpy(counts),
-        kept=torch.from_numpy(np.ascontiguousarray(kept)),
-        notes=notes,
-        hulls=hulls,
-        trapezoids=trapezoids,
-        first_hull=np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64),
-        stacked_index=np.arange(n, dtype=np.int64),
-    )
+    return kept, hulls, trapezoids, area, counts
 
 
 def keep_pixels(
