@@ -46,7 +46,7 @@ from captum_gradflow.metrics.volume_regions import RegionSet, VolumeRegions, reg
 
 __all__ = ["Regions", "VolumeRegions", "attribution_regions", "reduce_channels"]
 
-CHUNK = 16  # maps per pass of the 2-D hull computation
+CHUNK_PIXELS = 2 ** 18  # pixels per pass of the 2-D hull computation (at least one map)
 
 MapsLike = Union[Tensor, np.ndarray, Sequence[Tensor]]
 AnyRegions = Union["Regions", VolumeRegions]
@@ -269,14 +269,15 @@ def regions_of_maps(
     n, h, w = maps.shape
     # A few maps per pass: their temporaries are reused from pass to pass instead of being
     # page-faulted afresh, which on noisy maps costs more than the arithmetic.
+    chunk = max(1, CHUNK_PIXELS // (h * w))
     notes: List[str] = []
     parts = []
-    for i in range(0, n, CHUNK):
-        kept, chunk_notes = keep_pixels(maps[i:i + CHUNK], q, threshold)
+    for i in range(0, n, chunk):
+        kept, chunk_notes = keep_pixels(maps[i:i + chunk], q, threshold)
         notes += chunk_notes
         parts.append(_regions_of_chunk(kept, connectivity or 2, min_size))
     hulls, trapezoids = concat_hulls(
-        [p[1] for p in parts], [p[2] for p in parts], [i * (h + 1) for i in range(0, n, CHUNK)]
+        [p[1] for p in parts], [p[2] for p in parts], [i * (h + 1) for i in range(0, n, chunk)]
     )
     counts = np.concatenate([p[4] for p in parts])
     return Regions(
