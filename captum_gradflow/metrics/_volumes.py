@@ -5,20 +5,20 @@ component's region is the convex hull of its cubes. That hull always has volume 
 a cube), so it is never degenerate, whatever the component's shape (one voxel, a line, a flat
 sheet).
 
-Speed. Only points that can be hull vertices go to Qhull: per row of a component only the two
-end voxels matter, and of the corners left, only the two extremes along each axis line
-(points between two others on a line are inside their segment). Components whose hull is
-known in closed form skip Qhull: a component that fills its bounding box is that box, and two
-voxels at offset ``v`` give the cube swept along ``v``, of volume ``1 + |v_z| + |v_y| + |v_x|``.
+Speed. Only points that can be hull vertices go to Qhull: of the cube corners on each line
+parallel to x, the two extremes (read off a grid of the components' row ends). Components
+whose hull is known in closed form skip Qhull: a component that fills its bounding box is
+that box, and two to four voxels give a Minkowski sum with the unit cube.
 
 Union. Hulls whose bounding boxes do not overlap are disjoint and their volumes add exactly.
 Of the pairs whose boxes overlap, a hull inside another is dropped with its exact volume and
 a pair split by a facet plane is disjoint (both exact). For the pairs left, the doubly
-counted volume is measured on the voxel grid: every voxel in such a pair's box intersection
-that a hull boundary cuts is supersampled with ``s^3`` points at the centres of its
-``s x s x s`` sub-voxels (voxels wholly inside or outside a hull count as whole), and each
-point strictly inside ``m > 1`` hulls removes ``(m - 1) / s^3``. Hulls that only touch
-remove nothing, so the union of disjoint hulls stays exact.
+counted volume is measured on the voxel grid with ``s^3`` points per voxel, at the centres
+of its ``s x s x s`` sub-voxels: each point strictly inside ``m > 1`` hulls removes
+``(m - 1) / s^3``. Each hull of such a pair is tested only on the voxels of the pair's box
+intersection and only against its facet planes that cut that box; voxels whose points are
+all inside (or all outside) a hull count whole, the others are sampled. Hulls that only
+touch remove nothing, so the union of disjoint hulls stays exact.
 """
 from __future__ import annotations
 
