@@ -9,6 +9,7 @@ from hypothesis.extra.numpy import arrays
 from skimage.measure import label
 
 from captum_gradflow.metrics import Regions, attribution_regions, reduce_channels
+from captum_gradflow.metrics import regions as regions_module
 
 
 def canvas(*pixels, size=(12, 12)):
@@ -141,11 +142,12 @@ def test_channels_are_reduced_by_sum_of_absolute_values():
     assert attribution_regions(a, threshold=0.0, reduce=lambda t: t[:, 2]).n_regions.item() == 1
 
 
-def test_batched_equals_one_by_one_and_indexing():
+def test_batched_equals_one_by_one_and_indexing(monkeypatch):
+    monkeypatch.setattr(regions_module, "CHUNK_PIXELS", 16 * 14 * 11)  # passes of 16 maps
     torch.manual_seed(0)
-    a = torch.randn(4, 2, 14, 11)
+    a = torch.randn(20, 2, 14, 11)
     batch = attribution_regions(a, q=0.3)
-    for i in range(4):
+    for i in (0, 1, 2, 3, 15, 16, 19):
         one = attribution_regions(a[i:i + 1], q=0.3)
         assert torch.equal(one.area, batch.area[i:i + 1])
         assert torch.equal(one.mask, batch.mask[i:i + 1])
@@ -155,16 +157,17 @@ def test_batched_equals_one_by_one_and_indexing():
     assert isinstance(part, Regions) and len(part) == 2
     assert torch.equal(part.kept, batch.kept[1:3])
     with pytest.raises(IndexError):
-        batch[4]
+        batch[20]
 
 
-def test_matches_shapely_brute_force_including_overlapping_hulls():
+def test_matches_shapely_brute_force_including_overlapping_hulls(monkeypatch):
+    monkeypatch.setattr(regions_module, "CHUNK_PIXELS", 16 * 30 * 27)  # passes of 16 maps
     rng = np.random.default_rng(3)
-    a = torch.from_numpy(rng.standard_normal((6, 1, 30, 27)))  # noise: many hulls overlap
+    a = torch.from_numpy(rng.standard_normal((18, 1, 30, 27)))  # noise: many hulls overlap
     for connectivity in (1, 2):
         r = attribution_regions(a, q=0.35, connectivity=connectivity)
         yy, xx = np.mgrid[0:30, 0:27] + 0.5
-        for i in range(6):
+        for i in (0, 1, 2, 15, 16, 17):  # both passes of the hull computation
             hulls = brute_force_hulls(r.kept[i].numpy(), connectivity)
             assert r.n_regions[i].item() == len(hulls)
             assert r.area[i].item() == pytest.approx(shapely.union_all(hulls).area, abs=1e-9)

@@ -23,7 +23,7 @@ points, hence:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import shapely
@@ -106,6 +106,28 @@ def component_hulls(
     area2 = _integral_x_dy(rx, ry, rk, n_labels) - _integral_x_dy(lx, ly, lk, n_labels)
     hulls = Hulls(lx, ly, lk, rx, ry, rk, area2, top)
     return hulls, _trapezoids(lx, ly, lk, rx, ry, rk)
+
+
+def concat_hulls(
+    hulls: Sequence[Hulls], trapezoids: Sequence["Trapezoids"], row0: Sequence[int]
+) -> Tuple[Hulls, "Trapezoids"]:
+    """Hulls and trapezoids of consecutive chunks of maps as one set: chunk ``i``'s rows
+    move down by ``row0[i]`` and its hull indices follow those of the chunks before it."""
+    if len(hulls) == 1:
+        return hulls[0], trapezoids[0]
+    k0 = np.cumsum([0] + [len(h) for h in hulls[:-1]])
+
+    def cat(parts, name, shift):
+        return np.concatenate([getattr(p, name) + d for p, d in zip(parts, shift)])
+
+    zero = [0] * len(hulls)
+    merged = Hulls(*(cat(hulls, f, d) for f, d in (
+        ("lx", zero), ("ly", row0), ("lk", k0), ("rx", zero), ("ry", row0), ("rk", k0),
+        ("area2", zero), ("top", row0))))
+    merged_t = Trapezoids(*(cat(trapezoids, f, d) for f, d in (
+        ("hull", k0), ("row", row0), ("l0", zero), ("l1", zero), ("dl", zero), ("r0", zero),
+        ("r1", zero), ("dr", zero))))
+    return merged, merged_t
 
 
 def _integral_x_dy(x: np.ndarray, y: np.ndarray, k: np.ndarray, n: int) -> np.ndarray:
@@ -222,11 +244,13 @@ def _edge_rows(x, y, k) -> Tuple[np.ndarray, ...]:
     same = k[1:] == k[:-1]
     xa, ya, xb, yb, kk = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same], k[:-1][same]
     span = yb - ya
-    e = np.repeat(np.arange(len(span)), span)
-    row = ya[e] + np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
-    d = span[e]
-    n0 = xa[e] * d + (row - ya[e]) * (xb[e] - xa[e])
-    return kk[e], row, n0, n0 + (xb[e] - xa[e]), d
+    if (span == 1).all():  # nothing pruned: one row per edge
+        return kk, ya, xa, xb, span
+    # repeating each edge's values is cheaper than gathering them through an index
+    step = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
+    d, dx = np.repeat(span, span), np.repeat(xb - xa, span)
+    n0 = np.repeat(xa, span) * d + step * dx
+    return np.repeat(kk, span), np.repeat(ya, span) + step, n0, n0 + dx, d
 
 
 def _trapezoids(lx, ly, lk, rx, ry, rk) -> Trapezoids:

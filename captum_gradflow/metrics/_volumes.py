@@ -5,32 +5,32 @@ component's region is the convex hull of its cubes. That hull always has volume 
 a cube), so it is never degenerate, whatever the component's shape (one voxel, a line, a flat
 sheet).
 
-Speed. Only points that can be hull vertices go to Qhull: per row of a component only the two
-end voxels matter, and of the corners left, only the two extremes along each axis line
-(points between two others on a line are inside their segment). Components whose hull is
-known in closed form skip Qhull: a component that fills its bounding box is that box, and two
-voxels at offset ``v`` give the cube swept along ``v``, of volume ``1 + |v_z| + |v_y| + |v_x|``.
+Speed. Only points that can be hull vertices go to Qhull: of the cube corners on each line
+parallel to x, the two extremes (read off a grid of the components' row ends). Components
+whose hull is known in closed form skip Qhull: a component that fills its bounding box is
+that box, and two to four voxels give a Minkowski sum with the unit cube.
 
 Union. Hulls whose bounding boxes do not overlap are disjoint and their volumes add exactly.
 Of the pairs whose boxes overlap, a hull inside another is dropped with its exact volume and
 a pair split by a facet plane is disjoint (both exact). For the pairs left, the doubly
-counted volume is measured on the voxel grid: every voxel in such a pair's box intersection
-that a hull boundary cuts is supersampled with ``s^3`` points at the centres of its
-``s x s x s`` sub-voxels (voxels wholly inside or outside a hull count as whole), and each
-point strictly inside ``m > 1`` hulls removes ``(m - 1) / s^3``. Hulls that only touch
-remove nothing, so the union of disjoint hulls stays exact.
+counted volume is measured on the voxel grid with ``s^3`` points per voxel, at the centres
+of its ``s x s x s`` sub-voxels: each point strictly inside ``m > 1`` hulls removes
+``(m - 1) / s^3``. Each hull of such a pair is tested only on the voxels of the pair's box
+intersection and only against its facet planes that cut that box; voxels whose points are
+all inside (or all outside) a hull count whole, the others are sampled. Hulls that only
+touch remove nothing, so the union of disjoint hulls stays exact.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 from scipy.spatial import ConvexHull
 
 I64 = np.int64
-_EPS = 1e-9
-_CORNERS = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=I64)
+EPS = 1e-9
+CORNERS = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=I64)
 
 
 @dataclass
@@ -87,32 +87,29 @@ def components(labels: np.ndarray, n_labels: int, depth: int) -> VoxelComponents
 def candidate_points(c: VoxelComponents, k: int) -> np.ndarray:
     """Corners of component ``k``'s cubes that can be hull vertices, relative to its box.
 
-    Row ends first (per ``(z, y)`` the first and last voxel), then per axis line only the two
-    extreme corners: both steps keep the hull, and a ball keeps about its surface.
+    Every corner lies on a line parallel to x through integer ``(z, y)``; only the two
+    extreme corners of each line can be hull vertices (the others lie between them). A
+    line's extremes come from the first and last voxels of the (up to four) rows of voxels
+    that touch it, read off a small grid without sorting; a ball keeps about its surface.
     """
     v = c.voxels(k) - c.lo[k]
     if len(v) <= 16:  # filtering would cost more than Qhull saves
-        return (v[:, None, :] + _CORNERS[None]).reshape(-1, 3)
-    key = v[:, 0] * (c.hi[k, 1] - c.lo[k, 1] + 1) + v[:, 1]
-    first = np.r_[True, key[1:] != key[:-1]]
-    last = np.r_[key[1:] != key[:-1], True]
-    ends = np.concatenate([v[first], v[last]])
-    pts = (ends[:, None, :] + _CORNERS[None]).reshape(-1, 3)
-    for axis in (1, 0, 2):
-        pts = _line_extremes(pts, axis)
-    return pts
-
-
-def _line_extremes(pts: np.ndarray, axis: int) -> np.ndarray:
-    """Keep, on every line parallel to ``axis``, only the smallest and largest point."""
-    others = [a for a in range(3) if a != axis]
-    span = pts.max(0) + 2
-    key = pts[:, others[0]] * span[others[1]] + pts[:, others[1]]
-    order = np.lexsort((pts[:, axis], key))
-    p, key = pts[order], key[order]
-    first = np.r_[True, key[1:] != key[:-1]]
-    last = np.r_[key[1:] != key[:-1], True]
-    return p[first | last]
+        return (v[:, None, :] + CORNERS[None]).reshape(-1, 3)
+    dz, dy, dx = c.hi[k] - c.lo[k] + 1
+    key = v[:, 0] * dy + v[:, 1]  # voxels are in raster order: rows are runs of one key
+    first = v[np.r_[True, key[1:] != key[:-1]]]
+    last = v[np.r_[key[1:] != key[:-1], True]]
+    low = np.full((dz + 2, dy + 2), dx + 1, dtype=I64)  # padded: row (z, y) at (z+1, y+1)
+    high = np.full((dz + 2, dy + 2), -1, dtype=I64)
+    low[first[:, 0] + 1, first[:, 1] + 1] = first[:, 2]
+    high[last[:, 0] + 1, last[:, 1] + 1] = last[:, 2] + 1
+    # corner line (z, y) touches rows z - 1 and z, y - 1 and y
+    low = np.minimum(np.minimum(low[:-1, :-1], low[1:, :-1]),
+                     np.minimum(low[:-1, 1:], low[1:, 1:]))
+    high = np.maximum(np.maximum(high[:-1, :-1], high[1:, :-1]),
+                      np.maximum(high[:-1, 1:], high[1:, 1:]))
+    zz, yy = np.nonzero(high >= 0)
+    return np.r_[np.stack([zz, yy, low[zz, yy]], 1), np.stack([zz, yy, high[zz, yy]], 1)]
 
 
 def closed_form_volumes(c: VoxelComponents) -> Tuple[np.ndarray, np.ndarray]:
@@ -230,9 +227,9 @@ def _classify_pairs(
             continue
         eq = planes(c, k, hulls)
         # the partner's bounding box inside the hull: so is the partner's hull
-        box_pts = (c.lo[partners][:, None] + _CORNERS[None] * (c.hi - c.lo + 1)[partners][:, None])
+        box_pts = (c.lo[partners][:, None] + CORNERS[None] * (c.hi - c.lo + 1)[partners][:, None])
         dist = (box_pts - c.lo[k]).reshape(-1, 3) @ eq[:, :3].T + eq[:, 3]
-        inside[rows] = np.all(dist.reshape(len(rows), 8, -1) <= _EPS, axis=(1, 2))
+        inside[rows] = np.all(dist.reshape(len(rows), 8, -1) <= EPS, axis=(1, 2))
         rest = rows[~inside[rows]]
         few = c.count[small[rest]] <= 16  # all corners, at once; larger ones filtered first
         if few.any():
@@ -240,8 +237,8 @@ def _classify_pairs(
         for r in rest[~few]:
             pts = candidate_points(c, int(small[r])) + c.lo[small[r]] - c.lo[k]
             d = pts @ eq[:, :3].T + eq[:, 3]
-            inside[r] = bool(np.all(d <= _EPS))
-            apart[r] = bool(np.any(np.all(d >= -_EPS, axis=0)))
+            inside[r] = bool(np.all(d <= EPS))
+            apart[r] = bool(np.any(np.all(d >= -EPS, axis=0)))
     return inside, apart
 
 
@@ -253,10 +250,10 @@ def _corners_against(
     first = c.start[comps] - np.r_[0, np.cumsum(count)[:-1]]
     voxel = np.repeat(first, count) + np.arange(count.sum())
     pts = np.stack([c.z[voxel], c.y[voxel], c.x[voxel]], 1) - origin
-    d = ((pts[:, None, :] + _CORNERS[None]).reshape(-1, 3)) @ eq[:, :3].T + eq[:, 3]
+    d = ((pts[:, None, :] + CORNERS[None]).reshape(-1, 3)) @ eq[:, :3].T + eq[:, 3]
     starts = np.r_[0, np.cumsum(8 * count)[:-1]]
-    inside = np.logical_and.reduceat(np.all(d <= _EPS, axis=1), starts)
-    apart = np.logical_and.reduceat(d >= -_EPS, starts, axis=0).any(axis=1)
+    inside = np.logical_and.reduceat(np.all(d <= EPS, axis=1), starts)
+    apart = np.logical_and.reduceat(d >= -EPS, starts, axis=0).any(axis=1)
     return inside, apart
 
 
@@ -264,78 +261,111 @@ def _sampled_overlap(
     c: VoxelComponents, a: np.ndarray, b: np.ndarray, n_examples: int, depth: int,
     shape: Tuple[int, int], s: int, hulls: dict,
 ) -> np.ndarray:
-    """Minus the doubly counted volume of pairs ``(a, b)``, on ``s^3`` points per voxel."""
-    correction = np.zeros(n_examples)
-    h, w = shape
-    contested = np.zeros((n_examples, depth, h, w), dtype=bool)
+    """Minus the doubly counted volume of pairs ``(a, b)``, on ``s^3`` points per voxel.
+
+    A point counted twice lies in some pair's box intersection, so each hull of a pair is
+    tested on that box's voxels only (see ``_box_rows``).
+    """
     lo = np.maximum(c.lo[a], c.lo[b])
-    hi = np.minimum(c.hi[a], c.hi[b]) + 1
-    for e, l, u in zip(c.example[a], lo, hi):
-        contested[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]] = True
-    ex, vz, vy, vx = np.nonzero(contested)
-    voxel = np.stack([vz, vy, vx], 1)
-    owner, member = _pair_voxels(contested, ex, vz, vy, vx, a, b, lo, hi, c.example[a])
-    bounds = np.r_[0, np.flatnonzero(np.diff(owner)) + 1, len(owner)]
-    # Pass 1, whole voxels: inside a hull by more than the voxel's reach, outside it, or cut
-    # by its boundary. Only voxels that two hulls may share and one boundary cuts are sampled.
-    n_whole = np.zeros(len(ex), dtype=np.int64)
-    n_cut = np.zeros(len(ex), dtype=np.int64)
-    cuts = []
-    for g0, g1 in zip(bounds[:-1], bounds[1:]):
-        k, rows = int(owner[g0]), member[g0:g1]
-        eq = planes(c, int(k), hulls)
-        dist = (voxel[rows] - c.lo[k] + 0.5) @ eq[:, :3].T + eq[:, 3]
-        reach = np.abs(eq[:, :3]).sum(1) / 2
-        whole = np.all(dist < -reach - _EPS, axis=1)
-        cut = ~whole & ~np.any(dist > reach + _EPS, axis=1)
-        n_whole[rows[whole]] += 1
-        n_cut[rows[cut]] += 1
-        # a cut voxel's points satisfy every plane but the few whose boundary passes near it
-        near_row, near_plane = np.nonzero(dist[cut] >= -reach - _EPS)
-        cuts.append((int(k), rows[cut][near_row], eq[near_plane]))
+    size = np.minimum(c.hi[a], c.hi[b]) + 1 - lo
+    gid, state, el_row, el_dist, el_normal = _box_rows(
+        c, np.r_[a, b], np.r_[lo, lo], np.r_[size, size], depth, shape, s, hulls
+    )
+    # Pass 1, whole voxels: per voxel the hulls holding it whole and those whose boundary
+    # cuts it; only voxels that two hulls may share and one boundary cuts are sampled.
+    voxels, vidx = np.unique(gid, return_inverse=True)
+    n_whole = np.bincount(vidx, weights=state == 1, minlength=len(voxels)).astype(I64)
+    n_cut = np.bincount(vidx, weights=state == 2, minlength=len(voxels)).astype(I64)
     extra = np.maximum(n_whole - 1, 0).astype(np.float64)
     need = (n_cut > 0) & (n_whole + n_cut >= 2)
-    extra[need] = 0.0
     # Pass 2: s^3 sub-voxel centres of those voxels; a point strictly inside m hulls is
     # counted m - 1 times too often.
-    slot = np.full(len(ex), -1, dtype=np.int64)
-    slot[need] = np.arange(int(need.sum()))
-    sub = (np.arange(s) + 0.5) / s
-    offsets = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)
-    hits = np.repeat(n_whole[need][:, None], len(offsets), axis=1).astype(np.int32)
-    for k, rows, eq in cuts:
-        sel = need[rows]
-        if not sel.any():
-            continue
-        rows, eq = rows[sel], eq[sel]
-        pts = (voxel[rows] - c.lo[k])[:, None, :] + offsets[None]  # (pairs, s^3, 3)
-        outside = np.einsum("psd,pd->ps", pts, eq[:, :3]) + eq[:, 3:] >= -_EPS
-        first = np.r_[True, rows[1:] != rows[:-1]]  # pairs come grouped by voxel
-        starts = np.flatnonzero(first)
-        hits[slot[rows[starts]]] += ~np.logical_or.reduceat(outside, starts, axis=0)
+    slot = np.cumsum(need) - 1
+    hits = np.repeat(n_whole[need][:, None].astype(np.int32), s ** 3, axis=1)
+    sel = need[vidx[el_row]]
+    e_row = el_row[sel]
+    if len(e_row):
+        inside = _inside_points(el_dist[sel], el_normal[sel], e_row, s)
+        point = slot[vidx[np.unique(e_row)]][:, None] * s ** 3 + np.arange(s ** 3)
+        hits += np.bincount(point[inside], minlength=hits.size).reshape(hits.shape)
     extra[need] = np.maximum(hits - 1, 0).sum(1) / float(s ** 3)
-    np.add.at(correction, ex, -extra)
-    return correction
+    per_example = depth * shape[0] * shape[1]
+    return -np.bincount(voxels // per_example, weights=extra, minlength=n_examples)
 
 
-def _pair_voxels(
-    contested: np.ndarray, ex: np.ndarray, vz: np.ndarray, vy: np.ndarray, vx: np.ndarray,
-    a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, example: np.ndarray,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """``(hull, contested voxel)`` pairs, sorted by hull: the voxels of each hull's pair boxes.
+def _inside_points(dist: np.ndarray, normal: np.ndarray, row: np.ndarray, s: int) -> np.ndarray:
+    """Per row (elements grouped by row), which of the ``s^3`` sub-voxel centres of its voxel
+    are strictly inside all of its planes; ``dist`` is each plane's distance at the centre.
 
-    A point counted twice lies in some pair's box intersection, so each hull is tested only
-    on the intersections of its own pairs.
+    Worked in chunks of rows: small temporaries stay in cache (large fresh arrays cost more
+    in page faults than in arithmetic).
     """
-    index = np.full(contested.shape, -1, dtype=np.int64)
-    index[ex, vz, vy, vx] = np.arange(len(ex))
-    rows_of, hull_of_row = [], []
-    for e, l, u, ka, kb in zip(example, lo, hi, a, b):
-        r = index[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]].ravel()
-        rows_of += [r, r]
-        hull_of_row += [np.full(len(r), ka), np.full(len(r), kb)]
-    key = np.unique(np.concatenate(hull_of_row) * len(ex) + np.concatenate(rows_of))
-    return key // len(ex), key % len(ex)
+    sub = (np.arange(s) + 0.5) / s - 0.5
+    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    inside = np.empty((len(starts), s ** 3), dtype=bool)
+    bounds = np.r_[starts, len(row)]
+    chunk = max(1, 2 ** 16 // s ** 3)
+    for g0 in range(0, len(starts), chunk):
+        g1 = min(g0 + chunk, len(starts))
+        e0, e1 = bounds[g0], bounds[g1]
+        part = [normal[e0:e1, i:i + 1] * sub for i in range(3)]  # separable: z, y, x offsets
+        zy = (dist[e0:e1, None] + part[0])[:, :, None] + part[1][:, None, :]
+        outside = (zy[..., None] + part[2][:, None, None, :] >= -EPS).reshape(e1 - e0, -1)
+        inside[g0:g1] = ~np.logical_or.reduceat(outside, starts[g0:g1] - e0, axis=0)
+    return inside
+
+
+def _box_rows(
+    c: VoxelComponents, hull: np.ndarray, box_lo: np.ndarray, box_size: np.ndarray,
+    depth: int, shape: Tuple[int, int], s: int, hulls: dict,
+) -> Tuple[np.ndarray, ...]:
+    """Hull ``hull[i]`` against the voxels of box ``i``, one row per (hull, voxel).
+
+    Returns per row the voxel's global id and its state (0: none of its ``s^3`` points is
+    strictly inside the hull, 1: all are, 2: the boundary passes between them), and for
+    cut rows, grouped by row, the facet planes passing near its points: row, distance of
+    the voxel centre, normal. Only planes that cut the box's points are evaluated (a
+    half-space holding them all excludes nothing); a box hull holds all its voxels' points.
+    """
+    h, w = shape
+    gids, states, keys, rows, dists, normals = [], [], [], [], [], []
+    n_rows = 0
+    stride = (int(c.example.max()) + 1) * depth * h * w
+    is_box = c.count == np.prod(c.hi - c.lo + 1, axis=1)
+    half = 0.5 - 0.5 / s  # from a voxel's centre to its outermost points, along each axis
+    for k, l, sz in zip(hull.tolist(), box_lo, box_size):
+        zz, yy, xx = np.unravel_index(np.arange(int(np.prod(sz))), tuple(sz))
+        gid = ((c.example[k] * depth + zz + l[0]) * h + yy + l[1]) * w + xx + l[2]
+        gids.append(gid), keys.append(k * stride + gid)
+        if is_box[k]:
+            states.append(np.ones(len(gid), dtype=I64))
+            n_rows += len(gid)
+            continue
+        eq = planes(c, k, hulls)
+        rel = l - c.lo[k]
+        corner = (rel + 0.5 - half + CORNERS * (sz - 1 + 2 * half)) @ eq[:, :3].T + eq[:, 3]
+        eq = eq[corner.max(0) >= -EPS]
+        axes = [np.arange(n) + r + 0.5 for n, r in zip(sz, rel)]
+        dist = (axes[0][:, None, None, None] * eq[:, 0] + axes[1][None, :, None, None] * eq[:, 1]
+                + axes[2][None, None, :, None] * eq[:, 2] + eq[:, 3]).reshape(len(gid), len(eq))
+        reach = np.abs(eq[:, :3]).sum(1) * half
+        out = np.any(dist - reach >= -EPS, axis=1)
+        near = (dist + reach >= -EPS) & ~out[:, None]
+        state = np.where(out, 0, np.where(near.any(1), 2, 1))
+        states.append(state)
+        r, p = np.nonzero(near)
+        rows.append(r + n_rows), dists.append(dist[r, p]), normals.append(eq[p, :3])
+        n_rows += len(dist)
+    key = np.concatenate(keys)
+    _, first = np.unique(key, return_index=True)  # the same (hull, voxel) from two boxes
+    keep = np.zeros(len(key), dtype=bool)
+    keep[first] = True
+    new_index = np.cumsum(keep) - 1
+    row = np.concatenate(rows + [np.zeros(0, dtype=I64)])
+    sel = keep[row]
+    return (np.concatenate(gids)[keep], np.concatenate(states)[keep], new_index[row[sel]],
+            np.concatenate(dists + [np.zeros(0)])[sel],
+            np.concatenate(normals + [np.zeros((0, 3))])[sel])
 
 
 def planes(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
@@ -348,7 +378,10 @@ def planes(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
             eye = np.eye(3)
             hulls[key] = np.c_[np.r_[eye, -eye], np.r_[-size, np.zeros(3)]]
         else:
-            hulls[key] = hull_of(c, k, hulls).equations
+            eq = hull_of(c, k, hulls).equations
+            # Qhull gives one plane per triangle: coplanar triangles repeat a facet's plane
+            _, first = np.unique(np.round(eq, 9), axis=0, return_index=True)
+            hulls[key] = eq[np.sort(first)]
     return hulls[key]
 
 
@@ -357,40 +390,3 @@ def hull_of(c: VoxelComponents, k: int, hulls: dict) -> ConvexHull:
     if k not in hulls:
         hulls[k] = qhull(c, k)
     return hulls[k]
-
-
-def rasterise(
-    c: VoxelComponents, n_examples: int, depth: int, shape: Tuple[int, int], hulls: dict,
-    examples: Optional[np.ndarray] = None,
-) -> np.ndarray:
-    """``(n, D, H, W)`` bool: voxels whose centre lies inside or on a hull.
-
-    Boxes fill their box; every other hull tests the voxel centres of its bounding box
-    against its facet planes, all centres of a hull in one matrix product.
-    """
-    h, w = shape
-    pick = np.arange(n_examples) if examples is None else np.asarray(examples)
-    where = np.full(max(n_examples, 1), -1, dtype=I64)
-    where[pick] = np.arange(len(pick))
-    mask = np.zeros((len(pick), depth, h, w), dtype=bool)
-    size = c.hi - c.lo + 1
-    is_box = c.count == np.prod(size, axis=1)
-    for k in np.flatnonzero(where[c.example] >= 0):
-        e, l, u = where[c.example[k]], c.lo[k], c.hi[k] + 1
-        view = mask[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]]
-        if is_box[k]:
-            view[...] = True
-            continue
-        eq = hull_of(c, int(k), hulls).equations
-        grid = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in size[k]], indexing="ij"), -1)
-        view |= np.all(grid @ eq[:, :3].T + eq[:, 3] <= _EPS, axis=-1)
-    return mask
-
-
-def hull_vertices(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
-    """``(V, 3)`` float vertices ``(z, y, x)`` of component ``k``'s hull, in voxel-corner units."""
-    size = c.hi[k] - c.lo[k] + 1
-    if c.count[k] == np.prod(size):
-        return (_CORNERS * size + c.lo[k]).astype(np.float64)
-    hull = hull_of(c, k, hulls)
-    return hull.points[hull.vertices] + c.lo[k]

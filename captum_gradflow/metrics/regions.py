@@ -37,19 +37,22 @@ from captum_gradflow.metrics._hulls import (
     Hulls,
     Trapezoids,
     component_hulls,
+    concat_hulls,
     overlapping_pairs,
     rasterise,
     union_correction,
 )
-from captum_gradflow.metrics.volume_regions import VolumeRegions, regions_of_volumes
+from captum_gradflow.metrics.volume_regions import RegionSet, VolumeRegions, regions_of_volumes
 
 __all__ = ["Regions", "VolumeRegions", "attribution_regions", "reduce_channels"]
+
+CHUNK_PIXELS = 2 ** 18  # pixels per pass of the 2-D hull computation (at least one map)
 
 MapsLike = Union[Tensor, np.ndarray, Sequence[Tensor]]
 AnyRegions = Union["Regions", VolumeRegions]
 
 
-class Regions:
+class Regions(RegionSet):
     """Regions of a batch of attribution maps, as returned by :func:`attribution_regions`.
 
     Attributes:
@@ -81,28 +84,11 @@ class Regions:
         first_hull: np.ndarray,
         stacked_index: np.ndarray,
     ) -> None:
-        self.area = area
-        self.n_regions = n_regions
-        self.kept = kept
-        self.notes = notes
+        super().__init__(area, n_regions, kept, notes)
         self._hulls = hulls
         self._trapezoids = trapezoids
         self._first_hull = first_hull  # index of each example's first hull
         self._stacked_index = stacked_index  # each example's position in the stacked image
-
-    def __len__(self) -> int:
-        return len(self.notes)
-
-    def __repr__(self) -> str:
-        return (
-            f"Regions(n={len(self)}, shape={tuple(self.shape)}, "
-            f"n_regions={self.n_regions.tolist()}, area={self.area.tolist()})"
-        )
-
-    @property
-    def shape(self) -> torch.Size:
-        """``(N, H, W)`` of the maps the regions came from."""
-        return self.kept.shape
 
     @cached_property
     def mask(self) -> Tensor:
@@ -125,26 +111,12 @@ class Regions:
             for p in self.polygons
         ]
 
-    def __getitem__(self, idx: Union[int, slice]) -> "Regions":
-        n = len(self)
-        if isinstance(idx, int) and not isinstance(idx, bool):
-            if not -n <= idx < n:
-                raise IndexError(f"example index {idx} is out of range for {n} examples")
-            idx = slice(idx % n, idx % n + 1)
-        if not isinstance(idx, slice):
-            raise TypeError(
-                f"Regions can be indexed by an int or a slice, got {type(idx).__name__}"
-            )
-        pick = np.arange(n)[idx]
-        # a slice of a tensor is a view: no copy of the (N, H, W) pixel tensors
-        out = Regions(
+    def _select(self, idx: slice, pick: np.ndarray) -> "Regions":
+        return Regions(
             self.area[idx], self.n_regions[idx], self.kept[idx],
             [self.notes[i] for i in pick], self._hulls, self._trapezoids,
             self._first_hull[pick], self._stacked_index[pick],
         )
-        if "mask" in self.__dict__:  # already rasterised: share it
-            out.__dict__["mask"] = self.__dict__["mask"][idx]
-        return out
 
 
 def attribution_regions(
@@ -291,11 +263,42 @@ def regions_of_maps(
     min_size: int, supersampling: int = 4,
 ) -> AnyRegions:
     """:func:`attribution_regions` of reduced ``(N, H, W)`` or ``(N, D, H, W)`` maps."""
-    kept, notes = keep_pixels(maps, q, threshold)
     if maps.ndim == 4:
+        kept, notes = keep_pixels(maps, q, threshold)
         return regions_of_volumes(kept, notes, connectivity, min_size, supersampling)
     n, h, w = maps.shape
-    labels, inside, n_labels = _label(kept, connectivity or 2, min_size)
+    # A few maps per pass: their temporaries are reused from pass to pass instead of being
+    # page-faulted afresh, which on noisy maps costs more than the arithmetic.
+    chunk = max(1, CHUNK_PIXELS // (h * w))
+    notes: List[str] = []
+    parts = []
+    for i in range(0, n, chunk):
+        kept, chunk_notes = keep_pixels(maps[i:i + chunk], q, threshold)
+        notes += chunk_notes
+        parts.append(_regions_of_chunk(kept, connectivity or 2, min_size))
+    hulls, trapezoids = concat_hulls(
+        [p[1] for p in parts], [p[2] for p in parts], [i * (h + 1) for i in range(0, n, chunk)]
+    )
+    counts = np.concatenate([p[4] for p in parts])
+    return Regions(
+        area=torch.from_numpy(np.concatenate([p[3] for p in parts])),
+        n_regions=torch.from_numpy(counts),
+        kept=torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts]))),
+        notes=notes,
+        hulls=hulls,
+        trapezoids=trapezoids,
+        first_hull=np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64),
+        stacked_index=np.arange(n, dtype=np.int64),
+    )
+
+
+def _regions_of_chunk(
+    kept: np.ndarray, connectivity: int, min_size: int
+) -> Tuple[np.ndarray, Hulls, Trapezoids, np.ndarray, np.ndarray]:
+    """Kept pixels (after ``min_size``), hulls, trapezoids, union areas and region counts
+    of a few ``(n, H, W)`` maps, in the stacked coordinates of these maps."""
+    n, h, w = kept.shape
+    labels, inside, n_labels = _label(kept, connectivity, min_size)
     if min_size > 1:
         kept = inside.reshape(n, h + 1, w + 2)[:, :h, 1:-1]
     hulls, trapezoids = component_hulls(labels, inside, n_labels)
@@ -306,16 +309,7 @@ def regions_of_maps(
     # Where hulls overlap, subtract the doubly counted area (exact, per row of pixels).
     rows, correction = union_correction(trapezoids, *overlapping_pairs(trapezoids))
     area += np.bincount(rows // (h + 1), weights=correction, minlength=n)
-    return Regions(
-        area=torch.from_numpy(area),
-        n_regions=torch.from_numpy(counts),
-        kept=torch.from_numpy(np.ascontiguousarray(kept)),
-        notes=notes,
-        hulls=hulls,
-        trapezoids=trapezoids,
-        first_hull=np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64),
-        stacked_index=np.arange(n, dtype=np.int64),
-    )
+    return kept, hulls, trapezoids, area, counts
 
 
 def keep_pixels(

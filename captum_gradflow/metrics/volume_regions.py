@@ -17,19 +17,67 @@ from skimage.measure import label as _label_components
 from torch import Tensor
 
 from captum_gradflow.metrics._volumes import (
+    CORNERS,
+    EPS,
     VoxelComponents,
     components,
     hull_of,
-    hull_vertices,
     hull_volumes,
     overlap_corrections,
-    rasterise,
 )
 
-__all__ = ["VolumeRegions", "regions_of_volumes"]
+__all__ = ["RegionSet", "VolumeRegions", "regions_of_volumes"]
 
 
-class VolumeRegions:
+class RegionSet:
+    """What :class:`Regions` and :class:`VolumeRegions` share: length, ``shape``, ``repr``
+    and indexing by an int or a slice (``_select`` builds the subset; a mask already
+    rasterised is shared with it)."""
+
+    _size_name = "area"
+
+    def __init__(self, area: Tensor, n_regions: Tensor, kept: Tensor, notes: List[str]) -> None:
+        self.area = area
+        self.n_regions = n_regions
+        self.kept = kept
+        self.notes = notes
+
+    def __len__(self) -> int:
+        return len(self.notes)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(n={len(self)}, shape={tuple(self.shape)}, "
+            f"n_regions={self.n_regions.tolist()}, {self._size_name}={self.area.tolist()})"
+        )
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(N, *spatial)`` of the maps the regions came from."""
+        return self.kept.shape
+
+    def _select(self, idx: slice, pick: np.ndarray) -> "RegionSet":
+        raise TypeError(f"{type(self).__name__} does not support indexing")
+
+    def __getitem__(self, idx: Union[int, slice]) -> "RegionSet":
+        n = len(self)
+        if isinstance(idx, int) and not isinstance(idx, bool):
+            if not -n <= idx < n:
+                raise IndexError(f"example index {idx} is out of range for {n} examples")
+            idx = slice(idx % n, idx % n + 1)
+        if not isinstance(idx, slice):
+            raise TypeError(
+                f"{type(self).__name__} can be indexed by an int or a slice, "
+                f"got {type(idx).__name__}"
+            )
+        # a slice of a tensor is a view: no copy of the per-pixel tensors
+        out = self._select(idx, np.arange(n)[idx])
+        if "mask" in self.__dict__:  # already rasterised: share it
+            out.__dict__["mask"] = self.__dict__["mask"][idx]
+        return out
+
+
+class VolumeRegions(RegionSet):
     """Regions of a batch of attribution volumes, as returned by ``attribution_regions``.
 
     Attributes:
@@ -53,28 +101,11 @@ class VolumeRegions:
         comps: VoxelComponents, hull_volume: np.ndarray, examples: np.ndarray,
         qhulls: Dict[int, ConvexHull],
     ) -> None:
-        self.area = area
-        self.n_regions = n_regions
-        self.kept = kept
-        self.notes = notes
+        super().__init__(area, n_regions, kept, notes)
         self._comps = comps
         self._hull_volume = hull_volume
         self._examples = examples  # each example's index in the components' numbering
         self._qhulls = qhulls  # shared memo: component -> Qhull
-
-    def __len__(self) -> int:
-        return len(self.notes)
-
-    def __repr__(self) -> str:
-        return (
-            f"VolumeRegions(n={len(self)}, shape={tuple(self.shape)}, "
-            f"n_regions={self.n_regions.tolist()}, volume={self.area.tolist()})"
-        )
-
-    @property
-    def shape(self) -> torch.Size:
-        """``(N, D, H, W)`` of the maps the regions came from."""
-        return self.kept.shape
 
     @property
     def volume(self) -> Tensor:
@@ -107,24 +138,11 @@ class VolumeRegions:
         """The Qhull object of one region (coordinates relative to its bounding box)."""
         return hull_of(self._comps, int(self._members(example)[region]), self._qhulls)
 
-    def __getitem__(self, idx: Union[int, slice]) -> "VolumeRegions":
-        n = len(self)
-        if isinstance(idx, int) and not isinstance(idx, bool):
-            if not -n <= idx < n:
-                raise IndexError(f"example index {idx} is out of range for {n} examples")
-            idx = slice(idx % n, idx % n + 1)
-        if not isinstance(idx, slice):
-            raise TypeError(
-                f"VolumeRegions can be indexed by an int or a slice, got {type(idx).__name__}"
-            )
-        pick = np.arange(n)[idx]
-        out = VolumeRegions(
+    def _select(self, idx: slice, pick: np.ndarray) -> "VolumeRegions":
+        return VolumeRegions(
             self.area[idx], self.n_regions[idx], self.kept[idx], [self.notes[i] for i in pick],
             self._comps, self._hull_volume, self._examples[pick], self._qhulls,
         )
-        if "mask" in self.__dict__:
-            out.__dict__["mask"] = self.__dict__["mask"][idx]
-        return out
 
 
 def label_volumes(
@@ -170,3 +188,40 @@ def regions_of_volumes(
         examples=np.arange(n, dtype=np.int64),
         qhulls=qhulls,
     )
+
+
+def rasterise(
+    c: VoxelComponents, n_examples: int, depth: int, shape: Tuple[int, int], hulls: dict,
+    examples: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """``(n, D, H, W)`` bool: voxels whose centre lies inside or on a hull.
+
+    Boxes fill their box; every other hull tests the voxel centres of its bounding box
+    against its facet planes, all centres of a hull in one matrix product.
+    """
+    h, w = shape
+    pick = np.arange(n_examples) if examples is None else np.asarray(examples)
+    where = np.full(max(n_examples, 1), -1, dtype=np.int64)
+    where[pick] = np.arange(len(pick))
+    mask = np.zeros((len(pick), depth, h, w), dtype=bool)
+    size = c.hi - c.lo + 1
+    is_box = c.count == np.prod(size, axis=1)
+    for k in np.flatnonzero(where[c.example] >= 0):
+        e, l, u = where[c.example[k]], c.lo[k], c.hi[k] + 1
+        view = mask[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]]
+        if is_box[k]:
+            view[...] = True
+            continue
+        eq = hull_of(c, int(k), hulls).equations
+        grid = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in size[k]], indexing="ij"), -1)
+        view |= np.all(grid @ eq[:, :3].T + eq[:, 3] <= EPS, axis=-1)
+    return mask
+
+
+def hull_vertices(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
+    """``(V, 3)`` float vertices ``(z, y, x)`` of component ``k``'s hull, in voxel-corner units."""
+    size = c.hi[k] - c.lo[k] + 1
+    if c.count[k] == np.prod(size):
+        return (CORNERS * size + c.lo[k]).astype(np.float64)
+    hull = hull_of(c, k, hulls)
+    return hull.points[hull.vertices] + c.lo[k]
