@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_gradflow.maps import REDUCTIONS
 from captum_gradflow.metrics.regions import (
-    REDUCTIONS,
     AnyRegions,
     Reduce,
     Regions,

@@ -26,7 +26,6 @@ from skimage.measure import label as _label_components
 from torch import Tensor
 
 from captum_gradflow.maps import (  # noqa: F401  (reduce_channels: re-exported)
-    REDUCTIONS,
     Reduce,
     check_reduce,
     reduce_channels,
