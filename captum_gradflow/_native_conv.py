@@ -44,6 +44,16 @@ def conv_backward_nodes(root: Optional[Any]) -> List[Any]:
     return found
 
 
+def _onednn_enabled() -> bool:
+    """The oneDNN flag as the user set it: read under the lock, since another thread of the
+    package may hold it off for a moment (and would then look like a user who disabled it)."""
+    _SWITCH.acquire()
+    try:
+        return bool(torch.backends.mkldnn.enabled)
+    finally:
+        _SWITCH.release()
+
+
 @contextmanager
 def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
     """Compute input gradients of one-input-channel CPU convolutions without oneDNN.
@@ -78,7 +88,7 @@ def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
         torch.Size([2, 1, 8, 8])
     """
     nodes = []
-    if torch.backends.mkldnn.enabled:
+    if _onednn_enabled():
         for node in conv_backward_nodes(root):
             w = node._saved_weight  # documented access to a node's saved tensors
             one_channel = w.dim() == 4 and w.shape[1] == 1 and node._saved_groups == 1
