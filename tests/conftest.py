@@ -57,3 +57,19 @@ def lesions_small():
     from captum_gradflow import synthetic_lesions
 
     return synthetic_lesions(64, size=32, seed=0, rule="brightness")
+
+
+@pytest.fixture(scope="session")
+def brightness_model():
+    """A SmallCNN trained on 360 lesions labelled by brightness alone, and 120 held-out ones.
+
+    The ground truth of the noise-baseline tests (alignment, flow, noise): trained once.
+    """
+    from captum_gradflow import SmallCNN, synthetic_lesions, train_classifier
+
+    data = synthetic_lesions(480, size=32, seed=3, rule="brightness")
+    train, test = data.split(0.25)
+    torch.manual_seed(3)
+    model = SmallCNN()
+    train_classifier(model, train.images, train.labels, epochs=4, lr=2e-3, seed=3, progress=False)
+    return model.eval(), test

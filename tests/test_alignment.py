@@ -20,7 +20,6 @@ from captum_gradflow import (
     SmallCNN,
     noise_features,
     synthetic_lesions,
-    train_classifier,
 )
 
 SHAPE = (1, 6, 6)
@@ -177,15 +176,6 @@ def test_compare_to_noise_subspace_and_shared_mask(x64):
         assert torch.allclose(rep.S_noise[:, j], torch.tensor(cos2(w[1] - w[0], r), dtype=torch.float64))
 
 
-@pytest.fixture(scope="module")
-def brightness_model():
-    """A SmallCNN trained on lesions labelled by brightness alone, with held-out lesions."""
-    data = synthetic_lesions(480, size=32, seed=3, rule="brightness")
-    train, test = data.split(0.25)
-    torch.manual_seed(3)
-    model = SmallCNN()
-    train_classifier(model, train.images, train.labels, epochs=4, lr=2e-3, seed=3, progress=False)
-    return model.eval(), test
 
 
 def test_ground_truth_brightness_beats_noise_and_other_features_do_not(brightness_model):

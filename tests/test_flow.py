@@ -431,17 +431,6 @@ def test_bad_input_raises_clear_errors(linear2, directions):
 # -- noise baseline on the flow measure (docs/definitions.md, section 2.3) ---------------------
 
 
-@pytest.fixture(scope="module")
-def brightness_model():
-    """A SmallCNN trained on lesions labelled by brightness alone (as in test_alignment)."""
-    from captum_gradflow import synthetic_lesions, train_classifier
-
-    data = synthetic_lesions(480, size=32, seed=3, rule="brightness")
-    train, test = data.split(0.25)
-    torch.manual_seed(3)
-    model = SmallCNN()
-    train_classifier(model, train.images, train.labels, epochs=4, lr=2e-3, seed=3, progress=False)
-    return model.eval(), test
 
 
 def test_flow_compare_to_noise_finds_brightness_and_not_the_decoy(brightness_model):

@@ -91,9 +91,6 @@ from captum_gradflow import (  # noqa: E402
     FeatureAlignment,
     LogAspectRatio,
     NoiseFeature,
-    SmallCNN,
-    synthetic_lesions,
-    train_classifier,
 )
 from captum_gradflow.noise import NoiseSet, make_noise  # noqa: E402
 
@@ -183,15 +180,6 @@ def test_table_shows_the_construction_and_concat_keeps_it():
         NoiseComparison.concat([r, NoiseComparison(r.S, r.S_noise, ["f"], construction="other")])
 
 
-@pytest.fixture(scope="module")
-def brightness_lesions():
-    """A SmallCNN trained on lesions labelled by brightness alone, with held-out lesions."""
-    data = synthetic_lesions(480, size=32, seed=3, rule="brightness")
-    train, test = data.split(0.25)
-    torch.manual_seed(3)
-    model = SmallCNN()
-    train_classifier(model, train.images, train.labels, epochs=4, lr=2e-3, seed=3, progress=False)
-    return model.eval(), test
 
 
 def _verdict(model, test, feats, ns):
@@ -200,9 +188,9 @@ def _verdict(model, test, feats, ns):
     return NoiseComparison(s, s_noise, [f.name for f in feats], ns.description)
 
 
-def test_default_noise_finds_brightness_and_not_the_decoys(brightness_lesions):
+def test_default_noise_finds_brightness_and_not_the_decoys(brightness_model):
     """Label = brightness: extent and aspect ratio of the same lesions are decoys."""
-    model, test = brightness_lesions
+    model, test = brightness_model
     feats = [Brightness(mask=test.masks), Extent(mask=test.masks), LogAspectRatio(mask=test.masks)]
     default = _verdict(model, test, feats, make_noise(feats, test.images, None, 32))
     assert default.wilcoxon_p[0] < 0.01 and default.mean_ratio[0] > 5
@@ -218,8 +206,8 @@ def test_default_noise_finds_brightness_and_not_the_decoys(brightness_lesions):
     assert uncentred.mean_ratio[0] < default.mean_ratio[0] / 5
 
 
-def test_uncentred_make_noise_matches_compare_to_noise(brightness_lesions):
-    model, test = brightness_lesions
+def test_uncentred_make_noise_matches_compare_to_noise(brightness_model):
+    model, test = brightness_model
     x, y = test.images[:24], test.labels[:24]
     feats = [Brightness(mask=test.masks[:24])]
     ns = make_noise(feats, x, None, 6, center_noise=False)

@@ -32,15 +32,24 @@ def _claim(section: str, paper: str, text: str, held: Optional[bool], evidence: 
     return {"section": section, "paper": paper, "claim": text, "held": held, "evidence": evidence}
 
 
-def _uses_features(section: str, model: Dict[str, Any], features: List[str], who: str, alpha: float) -> List[Claim]:
+def _against_noise(section: str, model: Dict[str, Any], features: List[str], who: str, alpha: float,
+                   used: bool = True) -> List[Claim]:
+    """Per feature: it beats the noise (``used``, a label feature) or it does not (a decoy),
+    pointwise and along the flow."""
     out = []
     for f in features:
         s, fl = model["S"][f], model["F"][f]
         ps, pf = _num(s["p"]), _num(fl["p"])
+        if used:
+            text = (f"{who} uses {f}, which the label depends on: it beats the noise "
+                    f"baseline, pointwise and along the flow (p < {alpha})")
+            held = ps < alpha and pf < alpha
+        else:
+            text = (f"{who} does not use the decoy {f}, which the label does not depend on: it does not "
+                    f"beat the default noise, pointwise or along the flow (p ≥ {alpha})")
+            held = ps >= alpha and pf >= alpha
         out.append(_claim(
-            section, PAPER1, f"{who} uses {f}, which the label depends on: it beats the noise "
-            f"baseline, pointwise and along the flow (p < {alpha})",
-            (ps < alpha and pf < alpha) if _finite(ps, pf) else None,
+            section, PAPER1, text, held if _finite(ps, pf) else None,
             f"S/noise ×{_num(s['ratio']):.2g} ({p_is(ps)}), F/noise ×{_num(fl['ratio']):.2g} ({p_is(pf)})"))
     return out
 
@@ -62,26 +71,15 @@ def _regularizer_claims(section: str, les: Dict[str, Any], who: str, alpha: floa
     ]
 
 
-def _ignores_decoys(section: str, model: Dict[str, Any], decoys: List[str], who: str, alpha: float) -> List[Claim]:
-    out = []
-    for f in decoys:
-        s, fl = model["S"][f], model["F"][f]
-        ps, pf = _num(s["p"]), _num(fl["p"])
-        out.append(_claim(
-            section, PAPER1, f"{who} does not use the decoy {f}, which the label does not depend on: it does not "
-            f"beat the default noise, pointwise or along the flow (p ≥ {alpha})",
-            (ps >= alpha and pf >= alpha) if _finite(ps, pf) else None,
-            f"S/noise ×{_num(s['ratio']):.2g} ({p_is(ps)}), F/noise ×{_num(fl['ratio']):.2g} ({p_is(pf)})"))
-    return out
 
 
 def alignment_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
     """The unregularized model uses the label's features and not the decoy; the regularizer
     raises J cheaply."""
     les, who = results["alignment"], "The unregularized model"
-    return (_uses_features("alignment", les["plain"], les["regularized_features"], who, alpha)
+    return (_against_noise("alignment", les["plain"], les["regularized_features"], who, alpha)
             + _regularizer_claims("alignment", les, "", alpha, drop)
-            + _ignores_decoys("alignment", les["plain"], les.get("decoys", []), who, alpha))
+            + _against_noise("alignment", les["plain"], les.get("decoys", []), who, alpha, used=False))
 
 
 def lambda_sweep_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
@@ -129,7 +127,7 @@ def one_output_claims(results: Dict[str, Any], alpha: float, drop: float) -> Lis
     """The paper's one-logit model: the same checks as the two-logit one."""
     one = results["one_output"]
     feats = results["alignment"]["regularized_features"]
-    return (_uses_features("one_output", one["plain"], feats, "The paper's one-output model (λ = 0)", alpha)
+    return (_against_noise("one_output", one["plain"], feats, "The paper's one-output model (λ = 0)", alpha)
             + _regularizer_claims("one_output", one, " (one-output model)", alpha, drop))
 
 
