@@ -47,9 +47,10 @@ def draw_noise(
     return list(drawn.features), drawn.mask, drawn.description
 
 
-def noise_comparison(s: Tensor, s_noise: Tensor, names: List[str], construction: str) -> NoiseComparison:
-    """A :class:`NoiseComparison` that states the noise construction."""
-    return NoiseComparison(s, s_noise, names, construction=construction)
+def noise_comparison(s: Tensor, s_noise: Tensor, names: List[str], construction: str,
+                     joint: Optional[Tensor] = None) -> NoiseComparison:
+    """A :class:`NoiseComparison` that states the noise construction (and J where computed)."""
+    return NoiseComparison(s, s_noise, names, construction=construction, J=joint)
 
 
 def _key(value: Any) -> Any:

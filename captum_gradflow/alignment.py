@@ -256,12 +256,15 @@ class FeatureAlignment(GradientAttribution):
             dec = decision_basis(self.forward_func, xs, target, additional_forward_args, decision,
                                  self.rank_tol)
             s_all = measure(dec.basis, dec.defined, grads, dec.blocks)
+            # J from the same model gradient: the features' own gradients are cheap next to it.
+            jv = None if decision != "target" else joint_alignment(
+                dec, GradientPath(self.features, xs, [mask] * len(self.features))(xs), self.rank_tol)
         m = len(self.features)
         s, s_noise = s_all[:, :m], s_all[:, m:]
         _warn_nan(s, self.feature_names, "alignment", stacklevel=2)
         _warn_nan(s_noise, ["noise"] * n_noise, "noise alignment", stacklevel=2)
         return noise_comparison(s.detach().cpu(), s_noise.detach().cpu(), self.feature_names,
-                                construction)
+                                construction, jv)
 
     # ------------------------------------------------------------------ internals
     def _check_call(self, xs: Tuple[Tensor, ...], decision: str) -> None:

@@ -59,6 +59,8 @@ class NoiseComparison:
         feature_names: ``m`` names.
         construction: How the noise was drawn (:attr:`NoiseSet.description`), shown in
             :meth:`table`; the verdict depends on it.
+        J: Joint alignment of the features ``(N,)`` from the same model gradient, where the
+            comparison computed it (:meth:`FeatureAlignment.compare_to_noise`), else None.
 
     Examples::
 
@@ -75,6 +77,7 @@ class NoiseComparison:
     S_noise: Tensor
     feature_names: List[str]
     construction: str = ""
+    J: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.S, Tensor) or not isinstance(self.S_noise, Tensor):
@@ -91,6 +94,8 @@ class NoiseComparison:
             raise ValueError(f"{len(self.feature_names)} feature names for {self.S.shape[1]} columns of S")
         self.S = self.S.detach().cpu().double()
         self.S_noise = self.S_noise.detach().cpu().double()
+        if self.J is not None:
+            self.J = self.J.detach().cpu().double().reshape(self.S.shape[0])
 
     # Everything below is derived lazily: batches pooled with concat never pay for their own
     # statistical tests.
@@ -197,7 +202,9 @@ class NoiseComparison:
                     f"cannot pool reports with different noise constructions: {construction!r} vs "
                     f"{r.construction!r}"
                 )
-        return cls(torch.cat([r.S for r in reports]), torch.cat([r.S_noise for r in reports]), names, construction)
+        joint = None if any(r.J is None for r in reports) else torch.cat([r.J for r in reports])
+        return cls(torch.cat([r.S for r in reports]), torch.cat([r.S_noise for r in reports]), names,
+                   construction, joint)
 
     def table(self) -> str:
         """A readable table, one row per feature."""

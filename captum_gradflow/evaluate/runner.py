@@ -105,7 +105,7 @@ class Measures:
         s = self.settings
         point = self.alignment.compare_to_noise(
             x, target=target, n_noise=s.n_noise, seed=NOISE_SEED, **s.noise_options)
-        joint = self.alignment.joint(x, target=target)
+        joint = point.J  # from the same model gradient as S: one backward pass, not two
         if self.flow is None:
             return point, joint, None, None
         # The flow's noise is drawn as the point comparison's (make_noise, same options), and
