@@ -256,9 +256,9 @@ class FeatureAlignment(GradientAttribution):
             dec = decision_basis(self.forward_func, xs, target, additional_forward_args, decision,
                                  self.rank_tol)
             s_all = measure(dec.basis, dec.defined, grads, dec.blocks)
-            # J from the same model gradient: the features' own gradients are cheap next to it.
+            # J from the same model gradient and the same feature gradients (columns 0..m-1).
             jv = None if decision != "target" else joint_alignment(
-                dec, GradientPath(self.features, xs, [mask] * len(self.features))(xs), self.rank_tol)
+                dec, grads, self.rank_tol, n_features=len(self.features))
         m = len(self.features)
         s, s_noise = s_all[:, :m], s_all[:, m:]
         _warn_nan(s, self.feature_names, "alignment", stacklevel=2)

@@ -105,8 +105,11 @@ def _logit_difference_jacobian(
     return torch.stack(rows, dim=1)
 
 
-def joint_alignment(dec: DecisionBasis, grads: FeatureGradients, rank_tol: Optional[float]) -> Tensor:
+def joint_alignment(dec: DecisionBasis, grads: FeatureGradients, rank_tol: Optional[float],
+                    n_features: Optional[int] = None) -> Tensor:
     """``J = |P_G b|^2`` per example for the unit model gradient ``b`` (section 2.2), ``(N,)``.
+
+    ``n_features``: span only the first columns of ``grads`` (the features, not the noise).
 
     An SVD of the ``D x m`` matrix of unit-normalised feature gradients gives the span;
     singular values below ``rank_tol`` times the largest are dropped. NaN where the model
@@ -114,8 +117,9 @@ def joint_alignment(dec: DecisionBasis, grads: FeatureGradients, rank_tol: Optio
     """
     n, d = dec.basis.shape[0], dec.basis.shape[2]
     dtype = torch.float64  # the SVD's rank decision needs the precision; m is small
-    g = torch.zeros(n, d, grads.n_features, dtype=dtype, device=dec.basis.device)
-    for j, i, gj in grads.rows():
+    m = grads.n_features if n_features is None else n_features
+    g = torch.zeros(n, d, m, dtype=dtype, device=dec.basis.device)
+    for j, i, gj in grads.rows(m):
         g[:, dec.blocks[i], j] = gj.to(dtype)
     finite = torch.isfinite(g).all(dim=(1, 2))
     g = torch.where(torch.isfinite(g), g, torch.zeros((), dtype=dtype, device=g.device))

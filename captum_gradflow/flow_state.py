@@ -40,7 +40,7 @@ class Point:
     margin: Tensor  # (n,)
     grad: Tensor  # (n, D)
     norm: Tensor  # (n,)
-    alignment: Tensor  # (n, m)
+    alignment: Optional[Tensor]  # (n, m); None where not asked for (Heun's predictor)
 
 
 @dataclass
@@ -94,8 +94,10 @@ class FlowIntegrator:
         self.target, self.args, self.threshold = target, additional_forward_args, threshold
         self.target_idx: Optional[Tensor] = None
 
-    def evaluate(self, xs: Tuple[Tensor, ...], rows: Optional[Tensor]) -> Point:
-        """Margin, its gradient and the alignments at ``xs`` (the batch's ``rows``)."""
+    def evaluate(self, xs: Tuple[Tensor, ...], rows: Optional[Tensor], align: bool = True) -> Point:
+        """Margin, its gradient and (with ``align``) the alignments at ``xs`` (the batch's ``rows``).
+
+        Heun's predictor needs only the gradient: it skips the feature gradients."""
         target = self.target if self.target_idx is None else take_rows(self.target_idx, rows, self.n)
         grads, margin, out = value_and_input_gradients(
             self.forward_func, prepare_inputs(xs), target, take_args(self.args, rows, self.n),
@@ -107,7 +109,7 @@ class FlowIntegrator:
             self.target_idx = target_indices(self.target, self.n, out.device)
         g = flat_grads(grads)
         basis, defined = unit_basis(g)
-        s = measure(basis, defined, self.path(xs, rows), self.blocks)
+        s = measure(basis, defined, self.path(xs, rows), self.blocks) if align else None
         return Point(margin, g, torch.linalg.vector_norm(g, dim=1), s)
 
     def unflat(self, x: Tensor) -> Tuple[Tensor, ...]:
@@ -149,7 +151,7 @@ class FlowIntegrator:
         hx = h.to(st.x.dtype)[:, None]
         valid = torch.ones_like(st.active)
         if heun:
-            pred = self.evaluate(self.unflat(torch.addcmul(st.x, hx, st.d)), rows)
+            pred = self.evaluate(self.unflat(torch.addcmul(st.x, hx, st.d)), rows, align=False)
             valid = _usable(pred.norm, eps)
             d_pred = torch.where(valid[:, None], -(st.sigma / pred.norm)[:, None] * pred.grad, st.d)
             x = torch.addcmul(st.x, 0.5 * hx, st.d + d_pred)

@@ -128,13 +128,16 @@ class FeatureGradients:
     dense: Dict[int, Tuple[int, Tensor]] = field(default_factory=dict)
     linear: List[LinearGroup] = field(default_factory=list)
 
-    def rows(self) -> Iterator[Tuple[int, int, Tensor]]:
-        """Every feature's gradient as ``(column, input index, (1 or n, d_i))``."""
+    def rows(self, limit: Optional[int] = None) -> Iterator[Tuple[int, int, Tensor]]:
+        """Every feature's gradient as ``(column, input index, (1 or n, d_i))``; with
+        ``limit``, only the columns below it (the features before the noise)."""
         for j, (i, g) in self.dense.items():
-            yield j, i, g
+            if limit is None or j < limit:
+                yield j, i, g
         for grp in self.linear:
             for c, j in enumerate(grp.columns):
-                yield j, grp.input_index, grp.gradient(c)
+                if limit is None or j < limit:
+                    yield j, grp.input_index, grp.gradient(c)
 
 
 class GradientPath:
@@ -214,14 +217,16 @@ class GradientPath:
     def _stack(self, key: Tuple[int, int, bool], items: List[Tuple[int, Tensor]], x: Tensor):
         ids = (tuple(id(self.features[j]) for j, _ in items), tuple(x.shape[1:]), x.dtype, x.device)
         if self._cache is not None and ids in self._cache:
-            rt, r2t = self._cache[ids]
+            rt, r2t, _ = self._cache[ids]
         else:
             rt = torch.stack([r.reshape(-1) for _, r in items], dim=1)
             rt, r2t = rt, rt * rt
             if self._cache is not None:
                 if len(self._cache) >= 16:
                     self._cache.clear()
-                self._cache[ids] = (rt, r2t)
+                # The entry keeps its features alive, so their ids are not reused while it
+                # exists (a new feature at a freed address would read another's directions).
+                self._cache[ids] = (rt, r2t, tuple(self.features[j] for j, _ in items))
         m = self.masks[items[0][0]]
         if m is None and key[2]:  # centred over the whole input
             m = torch.ones_like(x[:1, :1])
