@@ -211,6 +211,24 @@ class GradientFlowAlignment(GradientAttribution):
         _warn_flow(res, stacklevel=3)
         return res if (return_details or return_path) else res.alignment
 
+    @overload
+    def compare_to_noise(self, inputs: TensorOrTuple, target: TargetType = ..., additional_forward_args: Any = ...,
+                         mask: MaskArg = ..., n_noise: int = ..., seed: int = ...,
+                         noise_mask: Union[str, Tensor, None] = ..., smooth_sigma: Union[str, float, None] = ...,
+                         noise_input_index: int = ..., center_noise: Optional[bool] = ...,
+                         step_size: Optional[float] = ..., max_steps: int = ..., max_length: Optional[float] = ...,
+                         integrator: str = ..., threshold: float = ..., eps: float = ...,
+                         return_details: Literal[False] = ...) -> NoiseComparison: ...
+
+    @overload
+    def compare_to_noise(self, inputs: TensorOrTuple, target: TargetType = ..., additional_forward_args: Any = ...,
+                         mask: MaskArg = ..., n_noise: int = ..., seed: int = ...,
+                         noise_mask: Union[str, Tensor, None] = ..., smooth_sigma: Union[str, float, None] = ...,
+                         noise_input_index: int = ..., center_noise: Optional[bool] = ...,
+                         step_size: Optional[float] = ..., max_steps: int = ..., max_length: Optional[float] = ...,
+                         integrator: str = ..., threshold: float = ..., eps: float = ..., *,
+                         return_details: Literal[True]) -> Tuple[NoiseComparison, "FlowResult"]: ...
+
     def compare_to_noise(
         self,
         inputs: TensorOrTuple,
@@ -229,7 +247,8 @@ class GradientFlowAlignment(GradientAttribution):
         integrator: str = "euler",
         threshold: float = 0.0,
         eps: float = 1e-8,
-    ) -> NoiseComparison:
+        return_details: bool = False,
+    ) -> Union[NoiseComparison, Tuple[NoiseComparison, "FlowResult"]]:
         r"""Flow alignment ``F`` of every feature next to that of ``n_noise`` noise features.
 
         The comparison of docs/definitions.md, section 2.3 made on the flow measure, as the
@@ -243,10 +262,14 @@ class GradientFlowAlignment(GradientAttribution):
                 integrator, threshold, eps: As in :meth:`attribute`.
             n_noise, seed, noise_mask, smooth_sigma, noise_input_index, center_noise: As in
                 :meth:`FeatureAlignment.compare_to_noise`.
+            return_details: Also return the flow's :class:`FlowResult` (see Returns).
 
         Returns:
             :class:`~captum_gradflow.NoiseComparison` whose ``S`` holds the features' ``F``
             ``(N, m)`` and ``S_noise`` the noise features' ``F`` ``(N, M)``.
+            With ``return_details``, also the :class:`FlowResult` of the one flow that served
+            features and noise (boundary reached, lengths, end points; its ``alignment`` has the
+            ``m`` feature columns followed by the ``M`` noise columns).
 
         Examples::
 
@@ -266,7 +289,8 @@ class GradientFlowAlignment(GradientAttribution):
                              step_size, int(max_steps), max_length, integrator, eps, False)
         _warn_flow(res, stacklevel=2)
         f, m = res.alignment.detach().cpu(), len(self.features)
-        return noise_comparison(f[:, :m], f[:, m:], [ft.name for ft in self.features], construction)
+        report = noise_comparison(f[:, :m], f[:, m:], [ft.name for ft in self.features], construction)
+        return (report, res) if return_details else report
 
     def _flow(self, path: GradientPath, xs: Tuple[Tensor, ...], was_tuple: bool, target: TargetType,
               additional_forward_args: Any, threshold: float, step_size: Optional[float], max_steps: int,

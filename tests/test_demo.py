@@ -328,7 +328,9 @@ def test_flow_vs_noise_compares_features_with_noise_on_the_same_flows(lesions_sm
     torch.manual_seed(0)
     model = SmallCNN().eval()
     x, y, m = lesions_small.images[:6], lesions_small.labels[:6], lesions_small.masks[:6]
-    report = _flow_vs_noise(model, x, y, m, cfg)
+    report, details = _flow_vs_noise(model, x, y, m, cfg)
+    assert details.alignment.shape == (6, 8) and details.reached_boundary.shape == (6,)
+    torch.testing.assert_close(details.alignment[:, :3].double(), report.S)
     assert report.feature_names == ["brightness", "extent", "log_aspect_ratio"]
     assert report.S.shape == (6, 3) and report.S_noise.shape == (6, 5)
     assert ((report.S_noise >= 0) & (report.S_noise <= 1)).all()

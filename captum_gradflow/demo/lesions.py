@@ -148,7 +148,7 @@ def evaluate_lesion_model(model: nn.Module, test: Lesions, cfg: DemoConfig,
     fa = FeatureAlignment(model, features())
     # The library's default noise (make_noise): on the features' mask, smoothed on its scale, centred.
     point = fa.compare_to_noise(x, target=target, mask=masks, n_noise=cfg.n_noise, seed=cfg.seed)
-    joint = fa.joint(x, target=target, mask=masks)
+    joint = point.J  # from the comparison's own model gradient
     result = {
         "balanced_accuracy": accuracy(model, x, y),
         "J_mean": nanmean(joint), "J_median": nanmedian(joint), "J_n_undefined": int(torch.isnan(joint).sum()),
@@ -159,23 +159,22 @@ def evaluate_lesion_model(model: nn.Module, test: Lesions, cfg: DemoConfig,
         n = min(cfg.flow_examples, len(test))
         xf, mf = x[:n], masks[:n]
         tf = None if target is None else target[:n]
-        report = _flow_vs_noise(model, xf, tf, mf, cfg)
-        details = GradientFlowAlignment(model, features()).attribute(
-            xf, target=tf, mask=mf, max_steps=cfg.flow_max_steps, return_path=True)
+        report, details = _flow_vs_noise(model, xf, tf, mf, cfg)
         result.update(flow_summary(report, details))
         parts["flow"] = report
         if target is not None:
-            parts["flow_example"] = _flow_example(model, details, xf, y[:n], mf)
+            parts["flow_example"] = _flow_example(model, details, xf, tf, mf, cfg)
     return result, parts
 
 
 def _flow_vs_noise(model: nn.Module, x: Tensor, target: Optional[Tensor], masks: Tensor,
-                   cfg: DemoConfig) -> NoiseComparison:
+                   cfg: DemoConfig) -> Tuple[NoiseComparison, FlowResult]:
     """Flow alignment F of the features and of ``cfg.n_noise`` noise directions, through
     :meth:`GradientFlowAlignment.compare_to_noise` with the library's default noise (as for
-    S); features and noise are measured along the same flows."""
+    S); features and noise are measured along the same flows, whose details come back too."""
     return GradientFlowAlignment(model, features()).compare_to_noise(
-        x, target=target, mask=masks, n_noise=cfg.n_noise, seed=cfg.seed, max_steps=cfg.flow_max_steps)
+        x, target=target, mask=masks, n_noise=cfg.n_noise, seed=cfg.seed, max_steps=cfg.flow_max_steps,
+        return_details=True)
 
 
 def flow_summary(report: NoiseComparison, details: FlowResult) -> Dict[str, Any]:
@@ -187,13 +186,16 @@ def flow_summary(report: NoiseComparison, details: FlowResult) -> Dict[str, Any]
     }
 
 
-def _flow_example(model: nn.Module, res: FlowResult, x: Tensor, y: Tensor, masks: Tensor) -> Dict[str, Any]:
+def _flow_example(model: nn.Module, res: FlowResult, x: Tensor, y: Tensor, masks: Tensor,
+                  cfg: DemoConfig) -> Dict[str, Any]:
     """Arguments of :func:`~captum_gradflow.visualization.plot_flow` for the longest flow
-    that reached the boundary."""
+    that reached the boundary; only that example's flow is run again, to keep its path."""
     reached = res.reached_boundary.nonzero().flatten()
     pool = reached if reached.numel() else torch.arange(len(x))
     i = int(pool[res.length[pool].argmax()])
-    path = res.path[i]
+    one = GradientFlowAlignment(model, features()).attribute(
+        x[i:i + 1], target=y[i:i + 1], mask=masks[i:i + 1], max_steps=cfg.flow_max_steps, return_path=True)
+    path = one.path[0]
     steps = (path[1:] - path[:-1]).flatten(1).norm(dim=1)
     arc = torch.cat([torch.zeros(1), torch.cumsum(steps, 0)])
     t = int(y[i])
@@ -207,7 +209,7 @@ def _flow_example(model: nn.Module, res: FlowResult, x: Tensor, y: Tensor, masks
     with torch.no_grad():
         m = margin(path)
     return {"path": path, "arc_length": arc, "alignment": {f.name: s[:, j] for j, f in enumerate(feats)},
-            "margin": m, "reached_boundary": bool(res.reached_boundary[i]),
+            "margin": m, "reached_boundary": bool(one.reached_boundary[0]),
             "title": f"gradient flow of a test image (label {t}) to the decision boundary"}
 
 

@@ -46,10 +46,9 @@ def volume_experiment(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     point = FeatureAlignment(model, features()).compare_to_noise(x, target=y, mask=masks, n_noise=cfg.n_noise,
                                                                  seed=cfg.seed)
     n = min(cfg.volume_flow_examples, len(test))
-    flow = GradientFlowAlignment(model, features())
-    flow_noise = flow.compare_to_noise(x[:n], target=y[:n], mask=masks[:n], n_noise=cfg.n_noise, seed=cfg.seed,
-                                       max_steps=cfg.flow_max_steps)
-    paths = flow.attribute(x[:n], target=y[:n], mask=masks[:n], max_steps=cfg.flow_max_steps, return_path=True)
+    flow_noise, paths = GradientFlowAlignment(model, features()).compare_to_noise(
+        x[:n], target=y[:n], mask=masks[:n], n_noise=cfg.n_noise, seed=cfg.seed, max_steps=cfg.flow_max_steps,
+        return_details=True)  # one flow gives F, its noise baseline and the boundary flags
     results: Dict[str, Any] = {
         "n_train": len(train), "n_test": len(test), "size": cfg.volume_size, "rule": VOLUME_RULE,
         "decoys": [f.name for f in features() if f.name != VOLUME_RULE],

@@ -108,15 +108,8 @@ class Measures:
         joint = point.J  # from the same model gradient as S: one backward pass, not two
         if self.flow is None:
             return point, joint, None, None
-        # The flow's noise is drawn as the point comparison's (make_noise, same options), and
-        # runs as extra features of the same flow so one path serves both; the runner needs
-        # the path details (boundary, length) that compare_to_noise does not return.
-        ns = make_noise(self.features, x, None, s.n_noise, seed=NOISE_SEED, **s.noise_options)
-        res = GradientFlowAlignment(self.model, self.features + ns.features).attribute(
-            x, target=target, return_details=True)
-        m = len(self.names)
-        flow = NoiseComparison(res.alignment[:, :m].detach().cpu(), res.alignment[:, m:].detach().cpu(),
-                               self.names, construction=ns.description)
+        flow, res = self.flow.compare_to_noise(x, target=target, n_noise=s.n_noise, seed=NOISE_SEED,
+                                               return_details=True, **s.noise_options)
         return point, joint, flow, res
 
     def gad(self, recipe: Recipe, x: Tensor, target: Any) -> Dict[str, np.ndarray]:
