@@ -153,8 +153,8 @@ def top_q_mask(r: Tensor, q: float = 0.2, threshold: Optional[float] = None) -> 
     is at least the ``k``-th largest value and strictly positive: ties with the cut are all
     kept (deterministic, translation invariant), and a location whose value is exactly 0 (or
     negative) is never kept, so an already sparse map keeps only its support. A map with NaN
-    or Inf keeps nothing. Fusion applies this to maps normalised to [0, 1], where the minimum
-    becomes 0 and is therefore never kept.
+    or Inf keeps nothing. Fusion applies this to maps shifted by their minimum, which becomes 0
+    and is therefore never kept.
 
     Args:
         r: Reduced maps ``(N, ...)``; the selection runs over all non-batch entries.
@@ -176,12 +176,12 @@ def top_q_mask(r: Tensor, q: float = 0.2, threshold: Optional[float] = None) -> 
     lo, hi = flat.amin(dim=1), flat.amax(dim=1)
     finite = torch.isfinite(lo) & torch.isfinite(hi)  # NaN and Inf reach the extremes
     degenerate = ~finite | ~(hi > lo)
+    k = max(1, math.ceil(q * p - 1e-9))
     if threshold is not None:
         mask = flat > threshold
     elif flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
-        mask = torch.from_numpy(top_k_numpy(flat.numpy(), max(1, math.ceil(q * p - 1e-9))))
+        mask = torch.from_numpy(top_k_numpy(flat.numpy(), k))
     else:
-        k = max(1, math.ceil(q * p - 1e-9))
         ranked = torch.nan_to_num(flat, nan=-math.inf)
         cut = torch.kthvalue(ranked, p - k + 1, dim=1, keepdim=True).values
         mask = (flat >= cut) & (flat > 0)

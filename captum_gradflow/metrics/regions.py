@@ -27,10 +27,11 @@ from torch import Tensor
 
 from captum_gradflow.maps import (  # noqa: F401  (reduce_channels: re-exported)
     Reduce,
+    check_q,
     check_reduce,
     reduce_channels,
     reduce_channels_numpy,
-    top_k_numpy,
+    top_q_mask,
 )
 from captum_gradflow.metrics._hulls import (
     Hulls,
@@ -193,8 +194,7 @@ def check_region_args(
 ) -> None:
     """Raise a clear error for a bad region argument, before any work is done."""
     if threshold is None:
-        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q <= 1.0:
-            raise ValueError(f"q must be a fraction in (0, 1], got {q!r}")
+        check_q(q, "q must be the fraction of locations kept per map")
     elif (
         isinstance(threshold, bool) or not isinstance(threshold, (int, float))
         or not math.isfinite(threshold) or threshold < 0
@@ -318,8 +318,8 @@ def keep_pixels(
     n = maps.shape[0]
     flat = maps.reshape(n, -1)
     p = flat.shape[1]
-    k = p if threshold is not None else max(1, math.ceil(q * p - 1e-9))
-    kept = flat > threshold if threshold is not None else top_k_numpy(flat, k)
+    k = p if threshold is not None else max(1, math.ceil(q * p - 1e-9))  # for the ties note
+    kept = top_q_mask(torch.from_numpy(flat), q, threshold).mask.numpy()  # the one selection
     n_kept = kept.sum(1)
     any_positive = (flat > 0).any(1)
     notes = []
