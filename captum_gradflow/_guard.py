@@ -132,9 +132,6 @@ def batch_dependent_modules(model: nn.Module) -> List[str]:
     return found
 
 
-# The guard's first version exported this name; kept so callers of either name work.
-train_mode_modules = batch_dependent_modules
-
 
 def _warn_train_mode(model: nn.Module, what: str) -> None:
     if model in _warned:

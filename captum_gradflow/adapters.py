@@ -97,8 +97,6 @@ class ZennitAttribution(Attribution):
         xs, was_tuple = format_inputs(inputs)
         if len(xs) != 1:
             raise ValueError(f"ZennitAttribution explains a single input tensor, got a tuple of {len(xs)}")
-        if not xs[0].is_floating_point():
-            raise TypeError(f"inputs must be a floating-point tensor, got {xs[0].dtype}")
         check_batch(xs, self.forward_func, "ZennitAttribution.attribute")
         check_finite(xs)
         # a fresh leaf: zennit sets requires_grad on what it is given, and the caller's flag must stay

@@ -13,9 +13,8 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -197,19 +196,6 @@ class _Group:
             dist.destroy_process_group()
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the run, the caller's modes (and everything else) restored after it."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with preserved(model, (), "evaluate"):
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _prepare(folder: OutputFolder, recipe: Recipe, settings: Settings) -> set:
     identity = dict(recipe.identity or {}, features=[f.name for f in recipe.features],
                     n_examples=len(recipe.dataset), gad=recipe.gad is not None)
@@ -272,7 +258,8 @@ def _measure_shard(recipe: Recipe, folder: OutputFolder, settings: Settings, min
                disable=not settings.progress or group.rank != 0, desc="evaluate", dynamic_ncols=True)
     seen: Dict[Tuple[Any, str, int], List[Any]] = {}
     try:
-        with _eval_mode(recipe.model):
+        # Eval mode for the run (per-example results); the caller's modes come back after it.
+        with preserved(recipe.model, (), "evaluate", eval_mode=True):
             measures = Measures(recipe.model, recipe.features, settings)
             for k, batch in enumerate(loader):
                 ids = mine[k * b:(k + 1) * b]

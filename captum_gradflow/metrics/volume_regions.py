@@ -96,6 +96,8 @@ class VolumeRegions(RegionSet):
     Indexing with an int or a slice gives the regions of those examples.
     """
 
+    _size_name = "volume"
+
     def __init__(
         self, area: Tensor, n_regions: Tensor, kept: Tensor, notes: List[str],
         comps: VoxelComponents, hull_volume: np.ndarray, examples: np.ndarray,
