@@ -31,6 +31,7 @@ from captum_gradflow.gad.support import (
     find_model,
     frozen_copy,
     make_support_models,
+    model_device,
     predict_logits,
     rebind,
 )
@@ -160,10 +161,9 @@ class GADWrapper(Attribution):
         present are split in two by 2-means on their mean logits. The images of the fitted
         classes are kept in memory: :meth:`for_model` refits on them for another model.
 
-        Train mode: with BatchNorm or Dropout in train mode the result depends on the batch; the
-        call warns once, naming those modules, and restores their buffers and every flag
-        afterwards (docs/definitions.md, section 5). Call ``model.eval()`` first for per-example
-        results.
+        Train mode: the user's model is never run; the support models start from an eval-mode
+        copy of it, so its own mode does not matter and nothing of it changes. The data may live
+        on another device than the model: batches are moved as they are used.
 
         Args:
             data: ``(x, y)`` tensors or a DataLoader of ``(x, y)`` batches (read once).
@@ -176,22 +176,25 @@ class GADWrapper(Attribution):
             ``self``, fitted. On any error nothing is changed.
         """
         xs, y = as_tensors(data)
-        check_batch(xs, self.model, "GADWrapper.fit")
+        # One example on the model's device: batches are moved there as they are used, so the
+        # data may live elsewhere (the dtype must still match).
+        device = model_device(self.model)
+        check_batch(tuple(t[:1] if t.device.type == "meta" else t[:1].to(device) for t in xs),
+                    self.model, "GADWrapper.fit")
         check_finite(xs, "data")
         batch_size = self.config.batch_size
         if isinstance(data, torch.utils.data.DataLoader) and data.batch_size:
             batch_size = int(data.batch_size)
         strategy = dict(pair=pair, one_vs_all=one_vs_all, split=split)
-        with preserved(self.model, xs, "GADWrapper.fit"):
-            reference = frozen_copy(self.model)
-            logits = predict_logits(reference, xs, batch_size=batch_size)
-            plan, xs, y, logits = self._plan(xs, y, logits, strategy)
-            alphas = self.config.schedule(plan.margins(logits, y))
-            models, history = make_support_models(
-                reference, xs, logits, y, plan, alphas, steps=self.config.budget(len(y), batch_size),
-                lr=self.config.lr, batch_size=batch_size, seed=self.config.seed,
-                warm_start=self.config.warm_start, progress=self.progress,
-            )
+        reference = frozen_copy(self.model)
+        logits = predict_logits(reference, xs, batch_size=batch_size)
+        plan, xs, y, logits = self._plan(xs, y, logits, strategy)
+        alphas = self.config.schedule(plan.margins(logits, y))
+        models, history = make_support_models(
+            reference, xs, logits, y, plan, alphas, steps=self.config.budget(len(y), batch_size),
+            lr=self.config.lr, batch_size=batch_size, seed=self.config.seed,
+            warm_start=self.config.warm_start, progress=self.progress,
+        )
         self._set_fitted(plan, alphas, models, history)
         self._fit_data = (xs, y.cpu(), strategy)
         return self
