@@ -5,6 +5,8 @@ package keeps its own few (docs/definitions.md, section 5).
 """
 from __future__ import annotations
 
+import operator
+
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -150,14 +152,27 @@ def target_indices(target: TargetType, n: int, device: torch.device) -> Optional
     if target is None:
         return None
     check_target_dtype(target)
+    if isinstance(target, tuple):  # Captum's (c,) indexes a 2-D output too
+        if len(target) != 1:
+            raise ValueError(f"tuple target {target!r} indexes a {len(target) + 1}-D output; "
+                             "one class per example needs (N, K) logits")
+        target = target[0]
+    if isinstance(target, list):
+        target = [t[0] if isinstance(t, tuple) and len(t) == 1 else t for t in target]
     if isinstance(target, Tensor):
         t = target.reshape(-1).to(device=device, dtype=torch.long)
-        return t.expand(n) if t.numel() == 1 else t
-    if isinstance(target, int):
-        return torch.full((n,), target, dtype=torch.long, device=device)
-    if isinstance(target, list) and all(isinstance(t, int) for t in target):
-        return torch.as_tensor(target, dtype=torch.long, device=device)
-    raise ValueError(f"target {target!r} does not name one class per example for a 2-D output")
+    elif isinstance(target, int):
+        t = torch.tensor([target], dtype=torch.long, device=device)
+    else:
+        try:  # a list of ints (NumPy integers and 0-d integer tensors included)
+            t = torch.as_tensor([operator.index(c) for c in target], dtype=torch.long, device=device)
+        except TypeError:
+            raise ValueError(f"target {target!r} does not name one class per example for a 2-D output") from None
+    if t.numel() == 1:
+        return t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"target has {t.numel()} entries for {n} examples")
+    return t
 
 
 def decision_margin(output: Tensor, target: TargetType, threshold: float = 0.0) -> Tensor:

@@ -12,9 +12,8 @@ from captum.attr import Attribution, LayerAttribution
 from torch import Tensor
 
 from captum_gradflow._common import TargetType, TensorOrTuple, format_inputs, format_output
-from captum_gradflow._checks import check_target_dtype
 
-__all__ = ["GADComponents", "all_maps", "target_classes", "upsample"]
+__all__ = ["GADComponents", "all_maps", "upsample"]
 
 
 @dataclass
@@ -67,26 +66,6 @@ def all_maps(
             shared.replay()
         maps.append(method.attribute(inputs, target=target, **kwargs))
     return maps
-
-
-def target_classes(target: TargetType, n: int) -> Tensor:
-    """One class index per example from every target form Captum accepts on ``(N, K)`` logits."""
-    check_target_dtype(target)
-    if isinstance(target, tuple):  # Captum's form for one index of a multi-dim output: (3,)
-        if len(target) != 1:
-            raise ValueError(f"tuple target {target!r} indexes a {len(target) + 1}-D output; GAD explains (N, K) logits")
-        target = target[0]
-    if isinstance(target, list):
-        target = [t[0] if isinstance(t, tuple) and len(t) == 1 else t for t in target]
-    try:
-        idx = torch.as_tensor(target).reshape(-1).long()
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"target {target!r} does not name one class per example") from None
-    if idx.numel() == 1:
-        return idx.expand(n)
-    if idx.numel() != n:
-        raise ValueError(f"target has {idx.numel()} entries for {n} examples")
-    return idx
 
 
 def upsample(attr: TensorOrTuple, xs: Tuple[Tensor, ...]) -> TensorOrTuple:

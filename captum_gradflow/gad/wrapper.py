@@ -17,13 +17,15 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_gradflow._common import TargetType, TensorOrTuple, check_finite, format_inputs, format_output
+from captum_gradflow._common import (
+    TargetType, TensorOrTuple, check_finite, format_inputs, format_output, target_indices,
+)
 from captum_gradflow._checks import check_batch
 from captum_gradflow._guard import preserved
 from captum_gradflow.gad import persistence
 from captum_gradflow.gad.config import GADConfig
 from captum_gradflow.gad.distancing import DistancingPlan, class_means, make_plan
-from captum_gradflow.gad.explain import GADComponents, all_maps, target_classes, upsample
+from captum_gradflow.gad.explain import GADComponents, all_maps, upsample
 from captum_gradflow.gad.fusion import Reduce, check_fusion_args, fuse_maps
 from captum_gradflow.gad.support import (
     as_tensors,
@@ -263,7 +265,7 @@ class GADWrapper(Attribution):
         if target is None:
             raise ValueError(f"GAD needs target= (a class among the fitted classes {list(plan.classes)})")
         k = plan.num_classes
-        idx = target_classes(target, n)
+        idx = target_indices(target, n, torch.device("cpu"))
         if ((idx < -k) | (idx >= k)).any():
             raise IndexError(f"target {target!r} is out of range for a model with {k} outputs")
         outside = sorted(set((idx % k).tolist()) - set(plan.classes))
@@ -376,7 +378,7 @@ class GADWrapper(Attribution):
         xs, _ = format_inputs(inputs)
         self._check_target(labels, xs[0].shape[0])
         models = [frozen_copy(self.model)] + self.support_models
-        labels = target_classes(labels, xs[0].shape[0])
+        labels = target_indices(labels, xs[0].shape[0], torch.device("cpu"))
         rows = []
         for m in models:
             logits = predict_logits(m, xs, batch_size)
