@@ -220,6 +220,9 @@ class AlignmentRegularizer:
                 )
         self.delay, self.warmup = delay, warmup
         self.calls = 0
+        # Linear features' stacked directions, reused across training steps (keyed by the
+        # features, which this object keeps alive).
+        self._matrix_cache: dict = {}
         self._generator = torch.Generator().manual_seed(int(seed))
         self.last_alignment: Dict[str, Tensor] = {}
         self.last_undefined: Dict[str, int] = {}
@@ -280,7 +283,7 @@ class AlignmentRegularizer:
         with _guard.preserved(None, xs, "AlignmentRegularizer"):
             if any(t.requires_grad for t in xs):  # else the input gradient's error says why
                 _check_feature_inputs(self.features, xs)
-            grads = GradientPath(self.features, xs, [mask] * len(self.features))(xs)
+            grads = GradientPath(self.features, xs, [mask] * len(self.features), cache=self._matrix_cache)(xs)
             return self._penalty(out, xs, target, grads)
 
     def subset_penalty(
@@ -320,7 +323,8 @@ class AlignmentRegularizer:
             out = run_forward(forward_func, sub, take_args(additional_forward_args, idx, n))
             _check_feature_inputs(self.features, sub)
             # Per-example masks, the features' own ones too, follow the subset.
-            grads = GradientPath(self.features, xs, [mask] * len(self.features))(sub, idx)
+            grads = GradientPath(self.features, xs, [mask] * len(self.features),
+                                 cache=self._matrix_cache)(sub, idx)
             return self._penalty(out, sub, take_rows(target, idx, n), grads)
 
     # ------------------------------------------------------------------ internals

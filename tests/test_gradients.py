@@ -142,3 +142,25 @@ def test_measure_and_differentiable_forms_agree_and_the_latter_backpropagates(ba
     torch.testing.assert_close(s.detach()[~undefined], measured[~undefined])
     (s * (~undefined)).sum().backward()
     assert torch.isfinite(leaf.grad).all()
+
+
+def test_direction_cache_keeps_its_features_alive():
+    """Entries are keyed by feature ids: an entry must hold its features, or a new feature
+    created at a freed address would read another feature's directions."""
+    import gc
+
+    from captum_gradflow import noise_features
+    from captum_gradflow.gradients import GradientPath
+
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    cache: dict = {}
+    GradientPath(noise_features(3, seed=0), (x,), cache=cache)
+    gc.collect()
+    (entry,) = cache.values()
+    assert [f.seed for f in entry[2]] == [0, 1, 2]
+    # A later path with other seeds gets its own directions, never a cached entry's.
+    fresh = noise_features(3, seed=10)
+    cached = GradientPath(fresh, (x,), cache=cache)((x,))
+    direct = GradientPath(fresh, (x,))((x,))
+    for (j, _, a), (_, _, b) in zip(cached.rows(), direct.rows()):
+        torch.testing.assert_close(a, b)
