@@ -1,10 +1,8 @@
 """How FeatureAlignment and GradientFlowAlignment get their noise features.
 
-One call, :func:`draw_noise`, used by both ``compare_to_noise`` methods; it forwards the noise
-arguments verbatim to :func:`captum_gradflow.noise.make_noise`, which decides the construction
-(docs/definitions.md, section 2.3). With a ``noise`` module that predates ``make_noise`` the
-construction of the first release is used: noise over ``noise_mask`` (none for ``"auto"``),
-smoothed by ``smooth_sigma`` (none for ``"auto"``), not centred.
+One call, :func:`path_with_noise`, used by both ``compare_to_noise`` methods; it forwards the
+noise arguments verbatim to :func:`captum_gradflow.noise.make_noise`, which decides the
+construction (docs/definitions.md, section 2.3), and remembers the drawn noise across calls.
 """
 from __future__ import annotations
 
@@ -14,9 +12,9 @@ from torch import Tensor
 
 from captum_gradflow.features import Feature
 from captum_gradflow.gradients import GradientPath
-from captum_gradflow.noise import NoiseComparison, make_noise
+from captum_gradflow.noise import make_noise
 
-__all__ = ["cached_noise", "check_noise_arguments", "draw_noise", "noise_comparison", "path_with_noise"]
+__all__ = ["cached_noise", "check_noise_arguments", "path_with_noise"]
 
 NoiseMask = Union[str, Tensor, None]
 Sigma = Union[str, float, None]
@@ -30,29 +28,6 @@ def check_noise_arguments(n_noise: Any, noise_input_index: int, n_inputs: int) -
         raise IndexError(f"noise_input_index {noise_input_index} is out of range for {n_inputs} inputs")
 
 
-def draw_noise(
-    features: Sequence[Feature],
-    x: Tensor,
-    mask: Optional[Tensor],
-    n_noise: int,
-    seed: int,
-    noise_mask: NoiseMask,
-    smooth_sigma: Sigma,
-    center_noise: Optional[bool],
-    input_index: int,
-) -> Tuple[List[Feature], Optional[Tensor], str]:
-    """``(noise features, their mask, a description of the construction)``."""
-    drawn = make_noise(features, x, mask, n_noise, seed, noise_mask, smooth_sigma,
-                       center_noise, input_index)
-    return list(drawn.features), drawn.mask, drawn.description
-
-
-def noise_comparison(s: Tensor, s_noise: Tensor, names: List[str], construction: str,
-                     joint: Optional[Tensor] = None) -> NoiseComparison:
-    """A :class:`NoiseComparison` that states the noise construction (and J where computed)."""
-    return NoiseComparison(s, s_noise, names, construction=construction, J=joint)
-
-
 def _key(value: Any) -> Any:
     if isinstance(value, Tensor):
         return ("tensor", id(value))
@@ -63,7 +38,8 @@ def cached_noise(cache: dict, features: Sequence[Feature], x: Tensor, mask: Opti
                  n_noise: int, seed: int, noise_mask: NoiseMask, smooth_sigma: Sigma,
                  center_noise: Optional[bool], input_index: int
                  ) -> Tuple[List[Feature], Optional[Tensor], str]:
-    """:func:`draw_noise`, remembered in ``cache`` across calls of one attribution object.
+    """``(noise features, their mask, a description)`` from :func:`make_noise`, remembered in
+    ``cache`` across calls of one attribution object.
 
     Drawing and smoothing 32 directions costs more than aligning with them, and the stacked
     directions of the same noise objects are reused too. Tensors are keyed by identity; the
@@ -76,8 +52,9 @@ def cached_noise(cache: dict, features: Sequence[Feature], x: Tensor, mask: Opti
     if key not in cache:
         if len(cache) >= 8:
             cache.clear()
-        drawn = draw_noise(features, x, mask, n_noise, seed, noise_mask, smooth_sigma,
-                           center_noise, input_index)
+        ns = make_noise(features, x, mask, n_noise, seed, noise_mask, smooth_sigma, center_noise,
+                        input_index)
+        drawn = (list(ns.features), ns.mask, ns.description)
         cache[key] = (drawn, (mask, noise_mask, own_masks))  # alive: their ids stay unique
     return cache[key][0]
 

@@ -26,7 +26,7 @@ from captum_gradflow._common import (
 from captum_gradflow.decision import decision_basis, joint_alignment
 from captum_gradflow.features import Feature, as_feature_list
 from captum_gradflow.gradients import GradientPath, measure
-from captum_gradflow._noise_call import check_noise_arguments, noise_comparison, path_with_noise
+from captum_gradflow._noise_call import check_noise_arguments, path_with_noise
 from captum_gradflow.noise import NoiseComparison
 
 __all__ = ["FeatureAlignment", "call_inputs", "noise_path"]
@@ -263,8 +263,7 @@ class FeatureAlignment(GradientAttribution):
         s, s_noise = s_all[:, :m], s_all[:, m:]
         _warn_nan(s, self.feature_names, "alignment", stacklevel=2)
         _warn_nan(s_noise, ["noise"] * n_noise, "noise alignment", stacklevel=2)
-        return noise_comparison(s.detach().cpu(), s_noise.detach().cpu(), self.feature_names,
-                                construction, jv)
+        return NoiseComparison(s, s_noise, self.feature_names, construction=construction, J=jv)
 
     # ------------------------------------------------------------------ internals
     def _check_call(self, xs: Tuple[Tensor, ...], decision: str) -> None:

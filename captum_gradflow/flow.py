@@ -27,7 +27,6 @@ from captum_gradflow._common import (
     count_nan,
     format_output,
 )
-from captum_gradflow._noise_call import noise_comparison
 from captum_gradflow.alignment import MaskArg, call_inputs, noise_path
 from captum_gradflow.features import Feature, as_feature_list
 from captum_gradflow.flow_state import FlowIntegrator
@@ -289,7 +288,8 @@ class GradientFlowAlignment(GradientAttribution):
                              step_size, int(max_steps), max_length, integrator, eps, False)
         _warn_flow(res, stacklevel=2)
         f, m = res.alignment.detach().cpu(), len(self.features)
-        report = noise_comparison(f[:, :m], f[:, m:], [ft.name for ft in self.features], construction)
+        report = NoiseComparison(f[:, :m], f[:, m:], [ft.name for ft in self.features],
+                                 construction=construction)
         return (report, res) if return_details else report
 
     def _flow(self, path: GradientPath, xs: Tuple[Tensor, ...], was_tuple: bool, target: TargetType,

@@ -61,5 +61,9 @@ def test_bad_arguments_are_rejected():
 def test_two_dimensional_generator_is_unchanged_in_shape_and_labels():
     data = synthetic_lesions(16, size=32, seed=0)
     assert data.images.shape == (16, 1, 32, 32) and int(data.labels.sum()) == 8
+    # Values of the previous release's generator (10eecf7): the refactor kept every random draw.
+    assert float(data.images.double().sum()) == pytest.approx(3339.408222931437, rel=1e-6)
+    assert float(data.masks.double().sum()) == pytest.approx(3785.968232482839, rel=1e-6)
+    assert data.labels.tolist() == [1, 0, 0, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0]
     with pytest.raises(ValueError, match="size must be at least 16"):
         synthetic_lesions(4, size=8)
