@@ -145,7 +145,7 @@ def _by_hand_vs_runner(model_name: str, batch: int, size: int, n_batches: int, r
     def by_hand() -> None:
         fa = FeatureAlignment(model, feats)  # one per evaluation, as the runner builds one
         for xb, yb, mb in batches:
-            fa.compare_to_noise(xb, target=yb, mask=mb, n_noise=N_NOISE, seed=0)  # S, noise and J
+            fa.compare_to_noise(xb, target=yb, mask=mb, n_noise=N_NOISE, seed=0, joint=True)  # S, noise, J
 
     def runner() -> None:
         evaluate(model, ds, feats, tmp / f"runner_{next(runs)}", batch_size=batch, n_noise=N_NOISE,

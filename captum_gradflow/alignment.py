@@ -207,6 +207,7 @@ class FeatureAlignment(GradientAttribution):
         decision: str = "target",
         noise_input_index: int = 0,
         center_noise: Optional[bool] = None,
+        joint: bool = False,
     ) -> NoiseComparison:
         r"""Alignment of every feature next to that of ``n_noise`` random linear features.
 
@@ -232,6 +233,9 @@ class FeatureAlignment(GradientAttribution):
             noise_input_index: The input tensor the noise directions live on.
             center_noise: Whether the noise's mean inside its mask is removed (None: the
                 default of ``make_noise``).
+            joint: Also compute the joint alignment J (:meth:`joint`) from the same model
+                and feature gradients, as ``NoiseComparison.J`` (``decision="target"`` only):
+                one backward pass for both, against two for separate calls.
 
         Returns:
             :class:`~captum_gradflow.NoiseComparison` with per-example ``S``, ``S_noise``,
@@ -257,7 +261,9 @@ class FeatureAlignment(GradientAttribution):
                                  self.rank_tol)
             s_all = measure(dec.basis, dec.defined, grads, dec.blocks)
             # J from the same model gradient and the same feature gradients (columns 0..m-1).
-            jv = None if decision != "target" else joint_alignment(
+            if joint and decision != "target":
+                raise ValueError("joint=True needs decision='target' (J is defined for grad f)")
+            jv = None if not joint else joint_alignment(
                 dec, grads, self.rank_tol, n_features=len(self.features))
         m = len(self.features)
         s, s_noise = s_all[:, :m], s_all[:, m:]

@@ -146,12 +146,13 @@ def test_compare_to_noise_reuses_one_model_gradient_and_matches_direct_alignment
     masks = torch.rand(4, 1, 6, 6, dtype=torch.float64, generator=gen) * (torch.rand(4, 1, 6, 6, generator=gen) > 0.3)
     fa = FeatureAlignment(forward, [Brightness(), Extent()])
     rep = fa.compare_to_noise(x64, target=[0, 1, 2, 0], mask=masks, n_noise=5, seed=7,
-                              noise_mask=masks, smooth_sigma=1.0, center_noise=False)
+                              noise_mask=masks, smooth_sigma=1.0, center_noise=False, joint=True)
     assert len(calls) == 1
     assert isinstance(rep, NoiseComparison)
     # J comes from the same single model gradient and equals joint().
     torch.testing.assert_close(rep.J, fa.joint(x64, target=[0, 1, 2, 0], mask=masks).double())
     assert NoiseComparison.concat([rep, rep]).J.shape == (8,)
+    assert fa.compare_to_noise(x64, target=[0, 1, 2, 0], mask=masks, n_noise=2).J is None  # on request only
     assert rep.S.shape == (4, 2) and rep.S_noise.shape == (4, 5)
     assert torch.allclose(rep.S, fa.attribute(x64, target=[0, 1, 2, 0], mask=masks).double())
     # The matmul path for noise equals the squared cosine with each masked direction.

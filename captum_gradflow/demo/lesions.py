@@ -147,7 +147,7 @@ def evaluate_lesion_model(model: nn.Module, test: Lesions, cfg: DemoConfig,
     target = _target(model, x, y)
     fa = FeatureAlignment(model, features())
     # The library's default noise (make_noise): on the features' mask, smoothed on its scale, centred.
-    point = fa.compare_to_noise(x, target=target, mask=masks, n_noise=cfg.n_noise, seed=cfg.seed)
+    point = fa.compare_to_noise(x, target=target, mask=masks, n_noise=cfg.n_noise, seed=cfg.seed, joint=True)
     joint = point.J  # from the comparison's own model gradient
     result = {
         "balanced_accuracy": accuracy(model, x, y),

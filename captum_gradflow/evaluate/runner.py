@@ -103,7 +103,7 @@ class Measures:
         """
         s = self.settings
         point = self.alignment.compare_to_noise(
-            x, target=target, n_noise=s.n_noise, seed=NOISE_SEED, **s.noise_options)
+            x, target=target, n_noise=s.n_noise, seed=NOISE_SEED, joint=True, **s.noise_options)
         joint = point.J  # from the same model gradient as S: one backward pass, not two
         if self.flow is None:
             return point, joint, None, None
