@@ -21,7 +21,7 @@ from captum_gradflow._common import (
     run_forward,
     value_and_input_gradients,
 )
-from captum_gradflow._native_conv import native_one_channel_conv_grads
+from captum_gradflow._native_conv import input_gradients
 from captum_gradflow.gradients import FeatureGradients, unit_basis
 
 __all__ = ["DecisionBasis", "decision_basis", "input_blocks", "joint_alignment", "flat_grads"]
@@ -95,13 +95,11 @@ def _logit_difference_jacobian(
             raise ValueError("the model output does not depend on the inputs (no gradient)")
         k = out.shape[1]
         rows = []
-        # One graph walk for all K - 1 backward passes: they share the model's graph.
-        with native_one_channel_conv_grads(out.grad_fn):
-            for c in range(1, k):
-                total = (out[:, c] - out[:, 0]).sum()
-                grads = torch.autograd.grad(total, leaves, retain_graph=c < k - 1, allow_unused=True)
-                grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
-                rows.append(flat_grads(grads))
+        for c in range(1, k):
+            total = (out[:, c] - out[:, 0]).sum()
+            grads = input_gradients(total, leaves, retain_graph=c < k - 1)
+            grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
+            rows.append(flat_grads(grads))
     return torch.stack(rows, dim=1)
 
 
