@@ -4,6 +4,7 @@ Public names only; each lives in the module named after it.
 """
 from captum_gradflow.adapters import ZennitAttribution, quantus_explain
 from captum_gradflow.alignment import FeatureAlignment
+from captum_gradflow.alignment_penalty import alignment_penalty
 from captum_gradflow.datasets import (
     DigitsSplit,
     Lesions,
@@ -36,7 +37,7 @@ from captum_gradflow.metrics import (
 )
 from captum_gradflow.models import SmallCNN, SmallCNN3d
 from captum_gradflow.noise import NoiseComparison, NoiseSet, make_noise
-from captum_gradflow.regularizer import AlignmentRegularizer, alignment_penalty
+from captum_gradflow.regularizer import AlignmentRegularizer
 from captum_gradflow.visualization import plot_gad_sweep
 from captum_gradflow.training import TrainHistory, balanced_accuracy, predict, train_classifier
 
