@@ -4,8 +4,10 @@ Target: three interpretable features (Brightness, Extent, LogAspectRatio, lesion
 32 noise features cost at most 1.15x ``Saliency(model).attribute(x, target=...)``: the
 model gradient is computed once and shared, feature gradients are in closed form and the 32
 noise directions are aligned with one matmul. For a grayscale model the package's model
-gradient is also cheaper than Captum's (one-channel convolutions backpropagate without
-oneDNN), so a second row times the same call on a linear model, whose gradient is nearly free:
+gradient is also cheaper than Captum's (the data gradient of a one-channel first convolution
+is computed as a forward convolution with the flipped kernel, see
+``captum_gradflow/_native_conv.py``), so a second row times the same call on a linear model,
+whose gradient is nearly free:
 the cost of the features, the noise baseline and the alignment alone, as a fraction of Saliency.
 The same target holds on volumes: ``SmallCNN3d`` on 8 lesion volumes ``1 x 32^3`` (one row, with
 the small CNN).
