@@ -25,7 +25,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from captum_gradflow._common import take_rows
 from captum_gradflow.features import CoordinateMoments, Feature, normalize_mask
+from captum_gradflow.features.feature import checked_direction
 
 __all__ = [
     "FeatureGradients",
@@ -198,7 +200,7 @@ class GradientPath:
             if centred:
                 r = f.centred_direction(x)
             if r is not None:
-                self.linear.setdefault((*key, centred), []).append((j, _checked_direction(f, r, x)))
+                self.linear.setdefault((*key, centred), []).append((j, checked_direction(r, x, f.name)))
             elif _declares_moments(f, x):
                 self.moments.setdefault(key, []).append(j)
             else:
@@ -237,42 +239,29 @@ class GradientPath:
             m = m.expand(x.shape[0], *x.shape[1:]).reshape(x.shape[0], -1)
         return rt, r2t, m
 
-    def _mask_rows(self, m: Optional[Tensor], rows: Optional[Tensor]) -> Optional[Tensor]:
-        if rows is None or m is None or m.shape[0] == 1 or self.n == 1:
-            return m
-        return m.index_select(0, rows.to(m.device))
-
     def __call__(self, xs: Tuple[Tensor, ...], rows: Optional[Tensor] = None) -> FeatureGradients:
         """Gradients at ``xs``, the batch's rows ``rows`` (None: all) at possibly moved points."""
         out = FeatureGradients(len(self.features))
         for key, items in self.linear.items():
             rt, r2t, m = self._stacks[key]
             i = key[0]
-            out.linear.append(LinearGroup(i, [j for j, _r in items], rt, r2t, self._mask_rows(m, rows),
-                                          xs[i].shape[1] if key[2] else 0))
+            m = take_rows(m, rows, self.n, lists=False)
+            out.linear.append(LinearGroup(i, [j for j, _r in items], rt, r2t, m, xs[i].shape[1] if key[2] else 0))
         for (i, _), cols in self.moments.items():
             x = xs[i].detach()
-            moments = CoordinateMoments(x, self._mask_rows(self.masks[cols[0]], rows))
+            moments = CoordinateMoments(x, take_rows(self.masks[cols[0]], rows, self.n, lists=False))
             for j in cols:
                 g = self.features[j].moment_gradient(moments)
                 if g is None:
-                    g = _generic_gradient(self.features[j], x, self._mask_rows(self.masks[j], rows))
+                    mask = take_rows(self.masks[j], rows, self.n, lists=False)
+                    g = _generic_gradient(self.features[j], x, mask)
                 out.dense[j] = (i, _flat_rows(g, x))
         for j in self.other:
             i = self.features[j].input_index
             x = xs[i].detach()
-            out.dense[j] = (i, _flat_rows(_generic_gradient(self.features[j], x, self._mask_rows(self.masks[j], rows)), x))
+            mask = take_rows(self.masks[j], rows, self.n, lists=False)
+            out.dense[j] = (i, _flat_rows(_generic_gradient(self.features[j], x, mask), x))
         return out
-
-
-def _checked_direction(f: Feature, r: Any, x: Tensor) -> Tensor:
-    if not isinstance(r, Tensor) or tuple(r.shape) != tuple(x.shape[1:]):
-        shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
-        raise ValueError(
-            f"direction of feature '{f.name}' has shape {shape}; inputs have per-example "
-            f"shape {tuple(x.shape[1:])}"
-        )
-    return r.to(dtype=x.dtype, device=x.device)
 
 
 def _generic_gradient(f: Feature, x: Tensor, mask: Optional[Tensor]) -> Tensor:
