@@ -120,6 +120,21 @@ def test_rows_follow_per_example_masks(batch):
         torch.testing.assert_close(a.expand(2, -1), b.expand(5, -1)[rows])
 
 
+def test_a_declared_direction_of_the_wrong_shape_is_named_by_the_path(batch):
+    x, _ = batch
+
+    class Declares(Feature):
+        def compute(self, x, mask):
+            return x.flatten(1).sum(1)
+
+        def linear_direction(self, x):
+            return torch.ones(3, 3)
+
+    message = r"direction of feature 'declares' has shape \(3, 3\); inputs have per-example shape \(1, 6, 6\)"
+    with pytest.raises(ValueError, match=message):
+        GradientPath([Declares("declares")], (x,))
+
+
 def test_projection_ratio_is_nan_where_undefined_never_zero():
     s = projection_ratio(torch.tensor([1.0, 0.0, 1.0, 4.0]), torch.tensor([4.0, 0.0, float("inf"), 2.0]))
     assert s[0] == 0.25 and torch.isnan(s[1]) and torch.isnan(s[2]) and s[3] == 1.0
