@@ -16,9 +16,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from scipy.stats import wilcoxon
 from torch import Tensor
 
+from captum_gradflow._stats import paired_wilcoxon
 from captum_gradflow.features import (
     CoordinateMoments,
     Feature,
@@ -144,12 +144,8 @@ class NoiseComparison:
     def wilcoxon_p(self) -> Tensor:
         """One-sided Wilcoxon signed-rank p-value of ``S - noise_mean > 0``, (m,)."""
         diff = self.S - self.noise_mean[:, None]
-        out = torch.full((self.S.shape[1],), math.nan, dtype=torch.float64)
-        for j in range(self.S.shape[1]):
-            d = diff[self._valid[:, j], j].numpy()
-            if np.count_nonzero(d) > 0:
-                out[j] = float(wilcoxon(d, alternative="greater").pvalue)
-        return out
+        p = [paired_wilcoxon(diff[self._valid[:, j], j].numpy()).p_value for j in range(self.S.shape[1])]
+        return torch.tensor(p, dtype=torch.float64)
 
     # ------------------------------------------------------------------ summaries
     @property
