@@ -30,6 +30,7 @@ from captum_gradflow.evaluate.recipe import Recipe, check_item
 from captum_gradflow.evaluate.storage import OutputFolder
 from captum_gradflow.evaluate.summary import comparison_columns, render_markdown, summarize
 from captum_gradflow.features import Feature
+from captum_gradflow.gad.persistence import tensor_digest
 from captum_gradflow.noise import make_noise
 from captum_gradflow.flow import GradientFlowAlignment
 from captum_gradflow.metrics import compare_region_sensitivity, region_complexity
@@ -68,10 +69,7 @@ class Settings:
 
 def _describe(v: Any) -> Any:
     if isinstance(v, Tensor):
-        import hashlib
-
-        data = v.detach().cpu().contiguous().numpy().tobytes()
-        return f"tensor{tuple(v.shape)} sha256 {hashlib.sha256(data).hexdigest()[:16]}"
+        return f"tensor{tuple(v.shape)} sha256 {tensor_digest(v)[:16]}"
     if isinstance(v, (list, tuple)) and all(isinstance(e, (int, float)) for e in v):
         return [float(e) for e in v]
     return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
