@@ -208,3 +208,30 @@ def test_recorded_settings_name_a_tensor_option_by_its_digest():
         Settings(noise_options={"noise_mask": mask}).recorded()
     half = Settings(noise_options={"noise_mask": mask.bfloat16()}).recorded()["noise_options"]["noise_mask"]
     assert half.startswith("tensor(1, 1, 4, 4) sha256 ") and half != rec
+
+
+def test_gad_base_map_is_gads_own_a0_computed_once_per_batch(tmp_path):
+    import dataclasses
+
+    from captum.attr import Saliency
+
+    recipe = load_recipe(RECIPES / "lesions_gad.py")
+    method = recipe.gad.attribution_method
+    assert recipe.attribution is method
+    calls = []
+    original = method.attribute
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    method.attribute = counted
+    settings = Settings(batch_size=6, n_noise=2, progress=False)
+    shared, _ = run_evaluation(recipe, tmp_path / "shared", settings)
+    assert len(calls) == 2  # 12 examples in batches of 6: the base method once per batch
+    # A separate base method object runs on its own, as before: the same RC and RS.
+    separate = dataclasses.replace(recipe, attribution=Saliency(recipe.model))
+    table, _ = run_evaluation(separate, tmp_path / "separate", settings)
+    assert len(calls) == 4
+    cols = ["RC", "RS_kept", "RS_dropped"]
+    np.testing.assert_array_equal(shared[cols].to_numpy(), table[cols].to_numpy())

@@ -110,10 +110,16 @@ class Measures:
         return point, joint, flow, res
 
     def gad(self, recipe: Recipe, x: Tensor, target: Any) -> Dict[str, np.ndarray]:
-        """RC of the GAD regions against the base method's, and RS of kept and dropped regions."""
+        """RC of the GAD regions against the base method's, and RS of kept and dropped regions.
+
+        When the base method is the one GAD wraps, its map is GAD's own ``A_0``: the method
+        runs once per batch, not twice.
+        """
         xg = x.detach().requires_grad_()  # Captum's methods would warn and set it themselves
-        base = recipe.attribution.attribute(xg, target=target)
-        kept = recipe.gad.attribute(xg, target=target)
+        own = recipe.attribution is recipe.gad.attribution_method
+        base = None if own else recipe.attribution.attribute(xg, target=target)
+        kept, parts = recipe.gad.attribute(xg, target=target, return_components=True)
+        base = parts.maps[0] if own else base
         rc = region_complexity(kept, base)
         rs = compare_region_sensitivity(self.model, x, kept, base, target=target)
         return {"RC": rc.rc.double().cpu().numpy(), "RS_kept": rs.gad.detach().double().cpu().numpy(),
