@@ -31,10 +31,10 @@ from captum_gradflow.evaluate.storage import OutputFolder
 from captum_gradflow.evaluate.summary import comparison_columns, render_markdown, summarize
 from captum_gradflow.features import Feature
 from captum_gradflow.gad.persistence import tensor_digest
-from captum_gradflow.noise import make_noise
 from captum_gradflow.flow import GradientFlowAlignment
 from captum_gradflow.metrics import compare_region_sensitivity, region_complexity
-from captum_gradflow.noise import NoiseComparison
+from captum_gradflow.noise import make_noise
+from captum_gradflow.noise_comparison import NoiseComparison
 
 __all__ = ["Settings", "run_evaluation", "NOISE_SEED"]
 

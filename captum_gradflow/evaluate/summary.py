@@ -15,7 +15,7 @@ import torch
 
 from captum_gradflow._stats import paired_wilcoxon
 from captum_gradflow.metrics.sensitivity import NO_PAIR
-from captum_gradflow.noise import NoiseComparison
+from captum_gradflow.noise_comparison import NoiseComparison
 
 __all__ = ["columns", "summarize", "render_markdown"]
 
