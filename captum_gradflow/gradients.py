@@ -29,15 +29,8 @@ from captum_gradflow._common import take_rows
 from captum_gradflow.features import CoordinateMoments, Feature, normalize_mask
 from captum_gradflow.features.feature import checked_direction
 
-__all__ = [
-    "FeatureGradients",
-    "GradientPath",
-    "LinearGroup",
-    "differentiable_squared_cosines",
-    "measure",
-    "projection_ratio",
-    "unit_basis",
-]
+__all__ = ["FeatureGradients", "GradientPath", "LinearGroup", "differentiable_squared_cosines", "measure",
+           "projection_ratio", "unit_basis"]
 
 
 def projection_ratio(energy: Tensor, norm2: Tensor, defined: Optional[Tensor] = None) -> Tensor:
@@ -68,6 +61,9 @@ def _declares_moments(feature: Feature, x: Tensor) -> bool:
 
 
 # ---------------------------------------------------------------- gradient stacks
+MaskTerms = Dict[torch.dtype, Tuple[Tensor, Tensor, Optional[Tensor]]]  # see LinearGroup.mask_terms
+
+
 @dataclass
 class LinearGroup:
     """Linear features reading one input under one mask, as one direction matrix."""
@@ -82,7 +78,7 @@ class LinearGroup:
     channels: int = 0
     # What depends only on the mask and the directions, by dtype (see mask_terms). The groups a
     # GradientPath hands out for the same rows share one dict: a flow computes it once.
-    shared: Dict[torch.dtype, Tuple[Tensor, Tensor, Optional[Tensor]]] = field(default_factory=dict)
+    shared: MaskTerms = field(default_factory=dict, repr=False)
 
     def mask_terms(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """``(m, |g_j|^2, c)`` in ``dtype`` for a masked group: the mask ``(n, d_i)``, the
@@ -219,7 +215,7 @@ class GradientPath:
             else:
                 self.other.append(j)
         self._stacks = {key: self._stack(key, items, xs[key[0]]) for key, items in self.linear.items()}
-        self._terms: Dict[Tuple[int, int, bool], Tuple[Optional[Tuple[int, ...]], Dict[torch.dtype, Any]]] = {}
+        self._terms: Dict[Tuple[int, int, bool], Tuple[Optional[Tuple[int, ...]], MaskTerms]] = {}
 
     def _normalize(self, j: int, x: Tensor) -> Optional[Tensor]:
         raw = self._raw[j]
@@ -253,7 +249,7 @@ class GradientPath:
             m = m.expand(x.shape[0], *x.shape[1:]).reshape(x.shape[0], -1)
         return rt, r2t, m
 
-    def _shared_terms(self, key: Tuple[int, int, bool], rows: Optional[Tensor]) -> Dict[torch.dtype, Any]:
+    def _shared_terms(self, key: Tuple[int, int, bool], rows: Optional[Tensor]) -> MaskTerms:
         """The mask terms of group ``key`` for ``rows``: kept while the rows stay the same."""
         ids = None if rows is None else tuple(rows.tolist())
         held = self._terms.get(key)
@@ -266,9 +262,9 @@ class GradientPath:
         out = FeatureGradients(len(self.features))
         for key, items in self.linear.items():
             rt, r2t, m = self._stacks[key]
-            i = key[0]
+            i, channels = key[0], xs[key[0]].shape[1] if key[2] else 0
             m = take_rows(m, rows, self.n, lists=False)
-            out.linear.append(LinearGroup(i, [j for j, _r in items], rt, r2t, m, xs[i].shape[1] if key[2] else 0,
+            out.linear.append(LinearGroup(i, [j for j, _r in items], rt, r2t, m, channels,
                                           self._shared_terms(key, rows)))
         for (i, _), cols in self.moments.items():
             x = xs[i].detach()
