@@ -27,7 +27,7 @@ from captum_gradflow.decision import decision_basis, joint_alignment
 from captum_gradflow.features import Feature, as_feature_list
 from captum_gradflow.gradients import GradientPath, measure
 from captum_gradflow._noise_call import check_noise_arguments, path_with_noise
-from captum_gradflow.noise import NoiseComparison
+from captum_gradflow.noise_comparison import NoiseComparison
 
 __all__ = ["FeatureAlignment", "call_inputs", "noise_path"]
 

@@ -31,7 +31,7 @@ from captum_gradflow.alignment import MaskArg, call_inputs, noise_path
 from captum_gradflow.features import Feature, as_feature_list
 from captum_gradflow.flow_state import FlowIntegrator
 from captum_gradflow.gradients import GradientPath
-from captum_gradflow.noise import NoiseComparison
+from captum_gradflow.noise_comparison import NoiseComparison
 
 __all__ = ["GradientFlowAlignment", "FlowResult"]
 

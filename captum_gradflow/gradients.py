@@ -25,17 +25,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from captum_gradflow._common import take_rows
 from captum_gradflow.features import CoordinateMoments, Feature, normalize_mask
+from captum_gradflow.features.feature import checked_direction
 
-__all__ = [
-    "FeatureGradients",
-    "GradientPath",
-    "LinearGroup",
-    "differentiable_squared_cosines",
-    "measure",
-    "projection_ratio",
-    "unit_basis",
-]
+__all__ = ["FeatureGradients", "GradientPath", "LinearGroup", "differentiable_squared_cosines", "measure",
+           "projection_ratio", "unit_basis"]
 
 
 def projection_ratio(energy: Tensor, norm2: Tensor, defined: Optional[Tensor] = None) -> Tensor:
@@ -66,6 +61,9 @@ def _declares_moments(feature: Feature, x: Tensor) -> bool:
 
 
 # ---------------------------------------------------------------- gradient stacks
+MaskTerms = Dict[torch.dtype, Tuple[Tensor, Tensor, Optional[Tensor]]]  # see LinearGroup.mask_terms
+
+
 @dataclass
 class LinearGroup:
     """Linear features reading one input under one mask, as one direction matrix."""
@@ -78,28 +76,41 @@ class LinearGroup:
     # > 0: centred features, gradient (r - c) * m with c the per-channel mean of r under m^2
     # (Feature.centred_direction); the input's channel count. 0: gradient r * m.
     channels: int = 0
+    # What depends only on the mask and the directions, by dtype (see mask_terms). The groups a
+    # GradientPath hands out for the same rows share one dict: a flow computes it once.
+    shared: MaskTerms = field(default_factory=dict, repr=False)
+
+    def mask_terms(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(m, |g_j|^2, c)`` in ``dtype`` for a masked group: the mask ``(n, d_i)``, the
+        squared norms ``(n, M)`` and, for a centred group, the channel means ``c`` ``(n, C, M)``."""
+        if dtype not in self.shared:
+            m, r2t = self.mask.to(dtype), self.squares.to(dtype)
+            norms, c = (m * m) @ r2t, None
+            if self.channels:
+                rt, n, ch = self.directions.to(dtype), m.shape[0], self.channels
+                w = (m * m).reshape(n, ch, -1)
+                wsum = w.sum(2)  # (n, C)
+                c = torch.einsum("ncp,cpm->ncm", w, rt.reshape(ch, -1, rt.shape[1])) / wsum[..., None]
+                norms = norms - (c * c * wsum[..., None]).sum(1)
+            self.shared[dtype] = (m, norms, c)
+        return self.shared[dtype]
 
     def terms(self, v: Tensor) -> Tuple[Tensor, Tensor]:
         """``(<v, g_j>, |g_j|^2)`` for every feature ``j`` of the group, without forming ``g_j``.
 
         ``v`` is ``(n, d_i)`` or ``(n, k, d_i)``; returns ``(n, [k,] M)`` and ``(n or 1, M)``.
         Two matrix products for masked directions; a centred group subtracts ``c_j <v, m>``
-        per channel and ``|c_j|^2 sum(m^2)`` from the norm.
+        per channel (its norms are centred in :meth:`mask_terms`).
         """
-        rt, r2t = self.directions.to(v.dtype), self.squares.to(v.dtype)
+        rt = self.directions.to(v.dtype)
         if self.mask is None:
-            return v @ rt, r2t.sum(0)[None]
-        m = self.mask.to(v.dtype)
+            return v @ rt, self.squares.to(v.dtype).sum(0)[None]
+        m, norms, c = self.mask_terms(v.dtype)
         mv = v * (m if v.dim() == 2 else m[:, None])
-        dots, norms = mv @ rt, (m * m) @ r2t
-        if self.channels:
-            n, ch = m.shape[0], self.channels
-            w = (m * m).reshape(n, ch, -1)
-            wsum = w.sum(2)  # (n, C)
-            c = torch.einsum("ncp,cpm->ncm", w, rt.reshape(ch, -1, rt.shape[1])) / wsum[..., None]
-            mv_c = mv.reshape(*mv.shape[:-1], ch, -1).sum(-1)  # (n, [k,] C)
+        dots = mv @ rt
+        if c is not None:
+            mv_c = mv.reshape(*mv.shape[:-1], self.channels, -1).sum(-1)  # (n, [k,] C)
             dots = dots - (mv_c @ c if v.dim() == 3 else (mv_c[:, None] @ c)[:, 0])
-            norms = norms - (c * c * wsum[..., None]).sum(1)
         return dots, norms
 
     def gradient(self, col: int) -> Tensor:
@@ -198,12 +209,13 @@ class GradientPath:
             if centred:
                 r = f.centred_direction(x)
             if r is not None:
-                self.linear.setdefault((*key, centred), []).append((j, _checked_direction(f, r, x)))
+                self.linear.setdefault((*key, centred), []).append((j, checked_direction(r, x, f.name)))
             elif _declares_moments(f, x):
                 self.moments.setdefault(key, []).append(j)
             else:
                 self.other.append(j)
         self._stacks = {key: self._stack(key, items, xs[key[0]]) for key, items in self.linear.items()}
+        self._terms: Dict[Tuple[int, int, bool], Tuple[Optional[Tuple[int, ...]], MaskTerms]] = {}
 
     def _normalize(self, j: int, x: Tensor) -> Optional[Tensor]:
         raw = self._raw[j]
@@ -237,42 +249,38 @@ class GradientPath:
             m = m.expand(x.shape[0], *x.shape[1:]).reshape(x.shape[0], -1)
         return rt, r2t, m
 
-    def _mask_rows(self, m: Optional[Tensor], rows: Optional[Tensor]) -> Optional[Tensor]:
-        if rows is None or m is None or m.shape[0] == 1 or self.n == 1:
-            return m
-        return m.index_select(0, rows.to(m.device))
+    def _shared_terms(self, key: Tuple[int, int, bool], rows: Optional[Tensor]) -> MaskTerms:
+        """The mask terms of group ``key`` for ``rows``: kept while the rows stay the same."""
+        ids = None if rows is None else tuple(rows.tolist())
+        held = self._terms.get(key)
+        if held is None or held[0] != ids:
+            held = self._terms[key] = (ids, {})
+        return held[1]
 
     def __call__(self, xs: Tuple[Tensor, ...], rows: Optional[Tensor] = None) -> FeatureGradients:
         """Gradients at ``xs``, the batch's rows ``rows`` (None: all) at possibly moved points."""
         out = FeatureGradients(len(self.features))
         for key, items in self.linear.items():
             rt, r2t, m = self._stacks[key]
-            i = key[0]
-            out.linear.append(LinearGroup(i, [j for j, _r in items], rt, r2t, self._mask_rows(m, rows),
-                                          xs[i].shape[1] if key[2] else 0))
+            i, channels = key[0], xs[key[0]].shape[1] if key[2] else 0
+            m = take_rows(m, rows, self.n, lists=False)
+            out.linear.append(LinearGroup(i, [j for j, _r in items], rt, r2t, m, channels,
+                                          self._shared_terms(key, rows)))
         for (i, _), cols in self.moments.items():
             x = xs[i].detach()
-            moments = CoordinateMoments(x, self._mask_rows(self.masks[cols[0]], rows))
+            moments = CoordinateMoments(x, take_rows(self.masks[cols[0]], rows, self.n, lists=False))
             for j in cols:
                 g = self.features[j].moment_gradient(moments)
                 if g is None:
-                    g = _generic_gradient(self.features[j], x, self._mask_rows(self.masks[j], rows))
+                    mask = take_rows(self.masks[j], rows, self.n, lists=False)
+                    g = _generic_gradient(self.features[j], x, mask)
                 out.dense[j] = (i, _flat_rows(g, x))
         for j in self.other:
             i = self.features[j].input_index
             x = xs[i].detach()
-            out.dense[j] = (i, _flat_rows(_generic_gradient(self.features[j], x, self._mask_rows(self.masks[j], rows)), x))
+            mask = take_rows(self.masks[j], rows, self.n, lists=False)
+            out.dense[j] = (i, _flat_rows(_generic_gradient(self.features[j], x, mask), x))
         return out
-
-
-def _checked_direction(f: Feature, r: Any, x: Tensor) -> Tensor:
-    if not isinstance(r, Tensor) or tuple(r.shape) != tuple(x.shape[1:]):
-        shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
-        raise ValueError(
-            f"direction of feature '{f.name}' has shape {shape}; inputs have per-example "
-            f"shape {tuple(x.shape[1:])}"
-        )
-    return r.to(dtype=x.dtype, device=x.device)
 
 
 def _generic_gradient(f: Feature, x: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -376,7 +384,7 @@ def differentiable_squared_cosines(
         finite = torch.isfinite(grp.directions).all(0)
         if not bool(finite.all()):
             grp = replace(grp, directions=torch.where(finite, grp.directions, 0.0),
-                          squares=torch.where(finite, grp.squares, 0.0))
+                          squares=torch.where(finite, grp.squares, 0.0), shared={})
         d, ng = grp.terms(grad_f[grp.input_index].to(norm_f.dtype))
         dots[:, grp.columns], norm_g[:, grp.columns] = d, ng.expand(n, -1)
     feature_bad = ~(norm_g > 0)

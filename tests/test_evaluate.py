@@ -194,3 +194,44 @@ def test_a_target_function_maps_the_labels():
         d.images, target=1 - d.labels, mask=d.masks, n_noise=2)
     np.testing.assert_allclose(table["S_brightness"].to_numpy(), ref.S[:, 0].numpy(), atol=1e-6)
     assert table["label"].tolist() == d.labels.tolist()
+
+
+def test_recorded_settings_name_a_tensor_option_by_its_digest():
+    from captum_gradflow.gad.persistence import tensor_digest
+
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 1:3, 1:3] = 1.0
+    rec = Settings(noise_options={"noise_mask": mask}).recorded()["noise_options"]["noise_mask"]
+    assert rec == f"tensor(1, 1, 4, 4) sha256 {tensor_digest(mask)[:16]}"
+    # The same bytes in another shape or dtype are other settings (a bfloat16 one included).
+    assert Settings(noise_options={"noise_mask": mask.reshape(1, 1, 2, 8)}).recorded() != \
+        Settings(noise_options={"noise_mask": mask}).recorded()
+    half = Settings(noise_options={"noise_mask": mask.bfloat16()}).recorded()["noise_options"]["noise_mask"]
+    assert half.startswith("tensor(1, 1, 4, 4) sha256 ") and half != rec
+
+
+def test_gad_base_map_is_gads_own_a0_computed_once_per_batch(tmp_path):
+    import dataclasses
+
+    from captum.attr import Saliency
+
+    recipe = load_recipe(RECIPES / "lesions_gad.py")
+    method = recipe.gad.attribution_method
+    assert recipe.attribution is method
+    calls = []
+    original = method.attribute
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    method.attribute = counted
+    settings = Settings(batch_size=6, n_noise=2, progress=False)
+    shared, _ = run_evaluation(recipe, tmp_path / "shared", settings)
+    assert len(calls) == 2  # 12 examples in batches of 6: the base method once per batch
+    # A separate base method object runs on its own, as before: the same RC and RS.
+    separate = dataclasses.replace(recipe, attribution=Saliency(recipe.model))
+    table, _ = run_evaluation(separate, tmp_path / "separate", settings)
+    assert len(calls) == 4
+    cols = ["RC", "RS_kept", "RS_dropped"]
+    np.testing.assert_array_equal(shared[cols].to_numpy(), table[cols].to_numpy())

@@ -120,6 +120,41 @@ def test_rows_follow_per_example_masks(batch):
         torch.testing.assert_close(a.expand(2, -1), b.expand(5, -1)[rows])
 
 
+def test_a_declared_direction_of_the_wrong_shape_is_named_by_the_path(batch):
+    x, _ = batch
+
+    class Declares(Feature):
+        def compute(self, x, mask):
+            return x.flatten(1).sum(1)
+
+        def linear_direction(self, x):
+            return torch.ones(3, 3)
+
+    message = r"direction of feature 'declares' has shape \(3, 3\); inputs have per-example shape \(1, 6, 6\)"
+    with pytest.raises(ValueError, match=message):
+        GradientPath([Declares("declares")], (x,))
+
+
+def test_mask_terms_are_computed_once_while_the_rows_stay_the_same(batch):
+    x, masks = batch
+    noise = [NoiseFeature(seed=j, smooth_sigma=1.0, center=True) for j in range(3)]
+    path = GradientPath(noise, (x,), [masks] * 3)
+    a, b = path((x,)), path((x + 1.0,))  # another point of the flow, the same rows
+    assert a.linear[0].channels == 1 and a.linear[0].shared is b.linear[0].shared
+    rows = torch.tensor([0, 2])
+    c, d = path((x[rows],), rows), path((x[rows],), rows.clone())
+    assert c.linear[0].shared is d.linear[0].shared and c.linear[0].shared is not a.linear[0].shared
+    v = torch.randn(5, 36, generator=torch.Generator().manual_seed(1), dtype=D)
+    dots, norms = a.linear[0].terms(v)
+    assert len(a.linear[0].shared) == 1  # filled once, then reused
+    again = b.linear[0].terms(v)
+    assert torch.equal(again[0], dots) and torch.equal(again[1], norms)
+    for col, f in enumerate(noise):  # the terms are those of the centred gradients
+        g = f.gradient(x, masks).flatten(1)
+        torch.testing.assert_close(dots[:, col], (v * g).sum(1))
+        torch.testing.assert_close(norms[:, col], (g * g).sum(1))
+
+
 def test_projection_ratio_is_nan_where_undefined_never_zero():
     s = projection_ratio(torch.tensor([1.0, 0.0, 1.0, 4.0]), torch.tensor([4.0, 0.0, float("inf"), 2.0]))
     assert s[0] == 0.25 and torch.isnan(s[1]) and torch.isnan(s[2]) and s[3] == 1.0

@@ -46,6 +46,12 @@ def test_one_notebook_per_capability_cleared_or_fully_executed():
         assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
 
 
+def _snapshot(folder: Path) -> dict:
+    """Every file below ``folder`` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, monkeypatch, tmp_path):
     # The kernel inherits the environment: one torch thread, as in the test process, so the
@@ -53,23 +59,28 @@ def test_notebook_executes(path, monkeypatch, tmp_path):
     # package is the one imported although the kernel runs in a temporary folder.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    original = path.read_bytes()
+    before = _snapshot(ROOT / "tutorials")
     # A copy, run in a temporary folder: whatever the notebook writes stays out of the repository.
     copy = tmp_path / path.name
-    copy.write_bytes(original)
+    copy.write_bytes(path.read_bytes())
     nb = nbformat.read(copy, as_version=4)
-    # One extra cell (in memory only) proves the kernel ran this interpreter and this checkout.
+    # One extra cell (in memory only) proves the kernel ran this interpreter and this checkout,
+    # in the temporary folder.
     nb.cells.append(nbformat.v4.new_code_cell(
-        "import sys, captum_gradflow; print(sys.executable); print(captum_gradflow.__file__)"))
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
+        "import os, sys, captum_gradflow; print(sys.executable); print(captum_gradflow.__file__); "
+        "print(os.getcwd())"))
+    # Errors are collected, not raised at the first one, so the report names every failing cell.
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120, allow_errors=True,
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    assert path.read_bytes() == original
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
-    executable, package = nb.cells[-1].outputs[0]["text"].split()
+    errors = [f"cell {k}: {o.ename}: {o.evalue}" for k, c in enumerate(nb.cells) if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{path.name} raised: " + "; ".join(errors)
+    executable, package, cwd = nb.cells[-1].outputs[0]["text"].split()
     assert Path(executable) == Path(sys.executable)
     assert Path(package).resolve() == ROOT / "captum_gradflow" / "__init__.py"
+    assert Path(cwd).resolve() == tmp_path.resolve()
+    assert _snapshot(ROOT / "tutorials") == before, f"{path.name} wrote into the repository's tutorials/"
     outputs = [o for c in nb.cells[:-1] if c.cell_type == "code" for o in c.outputs]
     assert outputs, f"{path.name} printed and showed nothing"
     # A notebook that draws a figure must show it inline as an image.

@@ -167,6 +167,10 @@ def test_alignment_bars_array_input_and_errors():
         plot_alignment_vs_noise(np.random.rand(10, 3), np.random.rand(10, 4), feature_names=["a", "b"])
     with pytest.raises(ValueError, match="p_values has 1 values"):
         plot_alignment_vs_noise(np.random.rand(10, 3), np.random.rand(10, 4), p_values=[0.1])
+    with pytest.raises(ValueError, match=r"feature_scores must be \(N, m\) or \(m,\) with m >= 1"):
+        plot_alignment_vs_noise(np.random.rand(2, 3, 4), np.random.rand(10, 4))
+    with pytest.raises(ValueError, match=r"noise_scores must be \(N, M\) or \(M,\) with M >= 1"):
+        plot_alignment_vs_noise(np.random.rand(10, 3), np.zeros((10, 0)))
     with pytest.raises(TypeError, match="Figure"):
         save_figure("not a figure", "x.png")
 

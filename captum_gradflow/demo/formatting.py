@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.stats import wilcoxon
 from torch import Tensor
+
+from captum_gradflow._stats import paired_wilcoxon
 
 __all__ = ["finite_or_none", "nanmean", "nanmedian", "p_cell", "p_is", "paired_greater", "pct"]
 
@@ -42,11 +42,7 @@ def nanmedian(t: Tensor) -> float:
 
 def paired_greater(a: Tensor, b: Tensor) -> float:
     """One-sided Wilcoxon signed-rank p-value of ``a > b`` over pairs where both are defined."""
-    d = (a.double() - b.double()).numpy()
-    d = d[np.isfinite(d)]
-    if np.count_nonzero(d) == 0:
-        return math.nan
-    return float(wilcoxon(d, alternative="greater").pvalue)
+    return paired_wilcoxon((a.double() - b.double()).numpy()).p_value
 
 
 def finite_or_none(obj: Any) -> Any:

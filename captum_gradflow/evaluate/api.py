@@ -6,12 +6,12 @@ import os
 import tempfile
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
 from captum_gradflow.evaluate.recipe import Recipe
 from captum_gradflow.evaluate.runner import Settings, run_evaluation
 from captum_gradflow.features import Feature
+from captum_gradflow.gad.persistence import tensor_digest
 
 __all__ = ["evaluate"]
 
@@ -21,7 +21,7 @@ def _model_sha256(model: nn.Module) -> str:
     digest = hashlib.sha256(type(model).__qualname__.encode())
     for name, t in list(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor_digest(t).encode())
     return digest.hexdigest()
 
 

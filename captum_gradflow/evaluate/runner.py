@@ -30,10 +30,11 @@ from captum_gradflow.evaluate.recipe import Recipe, check_item
 from captum_gradflow.evaluate.storage import OutputFolder
 from captum_gradflow.evaluate.summary import comparison_columns, render_markdown, summarize
 from captum_gradflow.features import Feature
-from captum_gradflow.noise import make_noise
+from captum_gradflow.gad.persistence import tensor_digest
 from captum_gradflow.flow import GradientFlowAlignment
 from captum_gradflow.metrics import compare_region_sensitivity, region_complexity
-from captum_gradflow.noise import NoiseComparison
+from captum_gradflow.noise import make_noise
+from captum_gradflow.noise_comparison import NoiseComparison
 
 __all__ = ["Settings", "run_evaluation", "NOISE_SEED"]
 
@@ -68,10 +69,7 @@ class Settings:
 
 def _describe(v: Any) -> Any:
     if isinstance(v, Tensor):
-        import hashlib
-
-        data = v.detach().cpu().contiguous().numpy().tobytes()
-        return f"tensor{tuple(v.shape)} sha256 {hashlib.sha256(data).hexdigest()[:16]}"
+        return f"tensor{tuple(v.shape)} sha256 {tensor_digest(v)[:16]}"
     if isinstance(v, (list, tuple)) and all(isinstance(e, (int, float)) for e in v):
         return [float(e) for e in v]
     return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
@@ -112,10 +110,16 @@ class Measures:
         return point, joint, flow, res
 
     def gad(self, recipe: Recipe, x: Tensor, target: Any) -> Dict[str, np.ndarray]:
-        """RC of the GAD regions against the base method's, and RS of kept and dropped regions."""
+        """RC of the GAD regions against the base method's, and RS of kept and dropped regions.
+
+        When the base method is the one GAD wraps, its map is GAD's own ``A_0``: the method
+        runs once per batch, not twice.
+        """
         xg = x.detach().requires_grad_()  # Captum's methods would warn and set it themselves
-        base = recipe.attribution.attribute(xg, target=target)
-        kept = recipe.gad.attribute(xg, target=target)
+        own = recipe.attribution is recipe.gad.attribution_method
+        base = None if own else recipe.attribution.attribute(xg, target=target)
+        kept, parts = recipe.gad.attribute(xg, target=target, return_components=True)
+        base = parts.maps[0] if own else base
         rc = region_complexity(kept, base)
         rs = compare_region_sensitivity(self.model, x, kept, base, target=target)
         return {"RC": rc.rc.double().cpu().numpy(), "RS_kept": rs.gad.detach().double().cpu().numpy(),

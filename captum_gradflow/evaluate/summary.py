@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from captum_gradflow.metrics.sensitivity import _paired_test
-from captum_gradflow.noise import NoiseComparison
+from captum_gradflow._stats import paired_wilcoxon
+from captum_gradflow.metrics.sensitivity import NO_PAIR
+from captum_gradflow.noise_comparison import NoiseComparison
 
 __all__ = ["columns", "summarize", "render_markdown"]
 
@@ -58,11 +59,7 @@ def _finite(v: float) -> Optional[float]:
 
 
 def _feature_stats(report: NoiseComparison, key: str) -> Dict[str, Dict[str, Any]]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy's small-sample notes; the p-value stands
-        p = report.wilcoxon_p
+    p = report.wilcoxon_p
     return {
         name: {
             "n": report.n_examples,
@@ -106,7 +103,7 @@ def _gad_stats(table: Any) -> Dict[str, Any]:
     kept, dropped = (table[c].to_numpy(dtype=np.float64) for c in ("RS_kept", "RS_dropped"))
     both = np.isfinite(kept) & np.isfinite(dropped)
     diff = (kept - dropped)[both]
-    _, p, note = _paired_test(diff, "greater")
+    _, p, note = paired_wilcoxon(diff, no_pair=NO_PAIR)
     return {
         "n": int(len(table)),
         "RC_n_undefined": int(np.isnan(rc).sum()),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from captum_gradflow.features.moments import CoordinateMoments
 
-__all__ = ["Feature", "as_feature_list", "normalize_mask", "overrides", "spatial_rank"]
+__all__ = ["Feature", "as_feature_list", "checked_direction", "normalize_mask", "overrides", "spatial_rank"]
 
 _AXES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
@@ -224,6 +224,27 @@ def overrides(feature: Feature, base: type, names: Sequence[str]) -> bool:
     only for the built-in implementation; a subclass changing it takes the general path.
     """
     return any(getattr(type(feature), n) is not getattr(base, n) for n in names)
+
+
+def checked_direction(r: Any, x: Tensor, name: str) -> Tensor:
+    """A declared direction (:meth:`Feature.linear_direction`) checked against inputs ``x``.
+
+    Returns ``r`` in ``x``'s dtype and device; a direction that is not a tensor of one
+    example's shape ``x.shape[1:]`` raises ``ValueError`` naming the feature.
+
+    Examples::
+
+        >>> import torch
+        >>> checked_direction(torch.ones(1, 4, 4), torch.rand(2, 1, 4, 4, dtype=torch.float64), "f").dtype
+        torch.float64
+    """
+    if not isinstance(r, Tensor) or tuple(r.shape) != tuple(x.shape[1:]):
+        shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+        raise ValueError(
+            f"direction of feature '{name}' has shape {shape}; inputs have per-example "
+            f"shape {tuple(x.shape[1:])}"
+        )
+    return r.to(dtype=x.dtype, device=x.device)
 
 
 def spatial_rank(x: Tensor, name: str, what: str = "a mask") -> int:

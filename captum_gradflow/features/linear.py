@@ -9,7 +9,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
-from captum_gradflow.features.feature import Feature, overrides
+from captum_gradflow.features.feature import Feature, checked_direction, overrides
 
 __all__ = ["LinearFeature", "NoiseFeature", "noise_features", "smooth_direction"]
 
@@ -100,14 +100,7 @@ class LinearFeature(Feature):
 
     def _checked_direction(self, x: Tensor) -> Tensor:
         """``base_direction(x)`` checked against the input and shaped ``(1, *S)``."""
-        r = self.base_direction(x)
-        if not isinstance(r, Tensor) or tuple(r.shape) != tuple(x.shape[1:]):
-            shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
-            raise ValueError(
-                f"direction of feature '{self.name}' has shape {shape}; inputs have "
-                f"per-example shape {tuple(x.shape[1:])}"
-            )
-        return r.to(dtype=x.dtype, device=x.device)[None]
+        return checked_direction(self.base_direction(x), x, self.name)[None]
 
 
 class NoiseFeature(LinearFeature):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -71,7 +71,29 @@ class Brightness(Feature):
         return Brightness.closed_form_gradient(self, moments.x, moments.mask)
 
 
-class Extent(Feature):
+class _MomentFeature(Feature):
+    """A feature whose value and gradient are read from the :class:`CoordinateMoments` of the
+    input under the mask (``_value`` and ``_gradient``, methods of the moments); it declares
+    :meth:`moment_gradient`, so moments shared by several such features are computed once."""
+
+    _value: Callable[[CoordinateMoments], Tensor]
+    _gradient: Callable[[CoordinateMoments], Tensor]
+
+    def compute(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+        value = self._value(CoordinateMoments(x, _require_mask(mask, x, self.name)))
+        _warn_undefined(value, self.name, _WEIGHTS)
+        return value
+
+    def closed_form_gradient(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+        return self._gradient(CoordinateMoments(x, _require_mask(mask, x, self.name)))
+
+    def moment_gradient(self, moments: CoordinateMoments) -> Optional[Tensor]:
+        if overrides(self, _MomentFeature, ("compute", "closed_form_gradient")):
+            return None
+        return self._gradient(moments)
+
+
+class Extent(_MomentFeature):
     """Radius of gyration of the intensity-weighted pixel or voxel coordinates in the mask.
 
     ``sqrt(trace(cov_w(p)))`` in pixels (voxels), with weights ``m * mean_c x`` and one
@@ -89,24 +111,14 @@ class Extent(Feature):
         torch.Size([2])
     """
 
+    _value = staticmethod(CoordinateMoments.extent)
+    _gradient = staticmethod(CoordinateMoments.extent_gradient)
+
     def __init__(self, mask: Optional[Tensor] = None, name: str = "extent", input_index: int = 0) -> None:
         super().__init__(name, mask, input_index)
 
-    def compute(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        value = CoordinateMoments(x, _require_mask(mask, x, self.name)).extent()
-        _warn_undefined(value, self.name, _WEIGHTS)
-        return value
 
-    def closed_form_gradient(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        return CoordinateMoments(x, _require_mask(mask, x, self.name)).extent_gradient()
-
-    def moment_gradient(self, moments: CoordinateMoments) -> Optional[Tensor]:
-        if overrides(self, Extent, ("compute", "closed_form_gradient")):
-            return None
-        return moments.extent_gradient()
-
-
-class LogAspectRatio(Feature):
+class LogAspectRatio(_MomentFeature):
     """``log(lambda_max / lambda_min)`` of the intensity-weighted coordinate covariance.
 
     0 for an isotropic blob (disc or ball), larger for an elongated one; images use the 2x2
@@ -122,18 +134,9 @@ class LogAspectRatio(Feature):
         torch.Size([2])
     """
 
+    _value = staticmethod(CoordinateMoments.log_aspect_ratio)
+    _gradient = staticmethod(CoordinateMoments.log_aspect_ratio_gradient)
+
     def __init__(self, mask: Optional[Tensor] = None, name: str = "log_aspect_ratio", input_index: int = 0) -> None:
         super().__init__(name, mask, input_index)
 
-    def compute(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        value = CoordinateMoments(x, _require_mask(mask, x, self.name)).log_aspect_ratio()
-        _warn_undefined(value, self.name, _WEIGHTS)
-        return value
-
-    def closed_form_gradient(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        return CoordinateMoments(x, _require_mask(mask, x, self.name)).log_aspect_ratio_gradient()
-
-    def moment_gradient(self, moments: CoordinateMoments) -> Optional[Tensor]:
-        if overrides(self, LogAspectRatio, ("compute", "closed_form_gradient")):
-            return None
-        return moments.log_aspect_ratio_gradient()

@@ -17,12 +17,12 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from scipy.stats import wilcoxon
 from torch import Tensor
 
 from captum_gradflow._common import TargetType, TensorOrTuple, format_inputs
 from captum_gradflow._checks import check_batch, check_target_dtype
 from captum_gradflow._guard import preserved
+from captum_gradflow._stats import paired_wilcoxon
 from captum_gradflow.metrics._occlusion import (
     BaselineType,
     RegionsLike,
@@ -42,6 +42,7 @@ __all__ = [
 
 RegionArg = Union[RegionsLike, Sequence[Optional[RegionsLike]]]
 BaselineArg = Union[BaselineType, Tuple[BaselineType, ...]]
+NO_PAIR = "no example with both regions non-empty"
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ def compare_region_sensitivity(
         reasons.append("; ".join(parts))
     both = ~torch.isnan(rs_gad.values) & ~torch.isnan(rs_rest.values)
     diff = (rs_gad.values - rs_rest.values)[both].double().cpu().numpy()
-    statistic, p_value, note = _paired_test(diff, alternative)
+    statistic, p_value, note = paired_wilcoxon(diff, alternative, no_pair=NO_PAIR)
     return RegionSensitivityComparison(
         gad=rs_gad.values,
         rest=rs_rest.values,
@@ -308,17 +309,6 @@ def _checked_call(forward_func: Callable[..., Tensor], inputs: TensorOrTuple, ta
     check_batch(xs, forward_func, f"{what} inputs")
     check_target_dtype(target)
     return xs, was_tuple, baselines_for(baseline, xs)
-
-
-def _paired_test(diff: np.ndarray, alternative: str) -> Tuple[float, float, str]:
-    if len(diff) == 0:
-        return float("nan"), float("nan"), "no example with both regions non-empty"
-    if np.all(diff == 0):
-        return float("nan"), float("nan"), "all paired differences are zero"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy's small-sample notes; the p-value stands
-        res = wilcoxon(diff, alternative=alternative)
-    return float(res.statistic), float(res.pvalue), ""
 
 
 def _rs(clean: Tensor, occluded: Tensor, fraction: Tensor) -> RegionSensitivity:

@@ -42,6 +42,11 @@ def _as_image(image: ArrayLike, name: str = "image") -> np.ndarray:
             f"{name} must be one image of shape (H, W), (1 or 3, H, W) or (H, W, 1 or 3); "
             f"got {tuple(np.shape(image))}"
         )
+    return _unit_range(a, name)
+
+
+def _unit_range(a: np.ndarray, name: str) -> np.ndarray:
+    """Image (or volume) values in [0, 1]; NaN or Inf is an error naming ``name``."""
     if not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or Inf values")
     lo, hi = a.min(), a.max()
@@ -49,26 +54,40 @@ def _as_image(image: ArrayLike, name: str = "image") -> np.ndarray:
     return (a - lo) / (hi - lo) if (lo < 0 or hi > 1) and hi > lo else np.clip(a, 0, 1)
 
 
-def _as_heat(attr: ArrayLike, sign: str, shape: Tuple[int, int], name: str) -> np.ndarray:
-    """Reduce an attribution of one example to an ``(H, W)`` map, following ``sign``."""
+def _check_sign(sign: str) -> None:
     if sign not in _SIGNS:
         raise ValueError(f"sign must be one of {_SIGNS}, got {sign!r}")
-    a = _numpy(attr, name)
-    if a.ndim == 4 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim == 3:
-        # Channels first unless the last axis is clearly the channel axis.
-        ch_last = a.shape[-1] in (1, 3) and a.shape[:2] == shape
-        a = np.abs(a).sum(-1 if ch_last else 0) if sign == "absolute" else a.sum(-1 if ch_last else 0)
-    elif sign == "absolute":
+
+
+def _signed_heat(a: np.ndarray, sign: str, channel_axis: Optional[int], shape: Tuple[int, ...],
+                 name: str, what: str) -> np.ndarray:
+    """One example's map following ``sign``: channels summed (of absolute values for
+    ``"absolute"``) over ``channel_axis`` (None: no channel axis), checked against the
+    ``shape`` of the ``what`` it is drawn on, and clipped for ``"positive"``/``"negative"``."""
+    if sign == "absolute":
         a = np.abs(a)
-    if a.shape != shape:
-        raise ValueError(f"{name} reduces to shape {a.shape}, but the image is {shape}")
+    if channel_axis is not None:
+        a = a.sum(channel_axis)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} reduces to shape {a.shape}, but the {what} is {tuple(shape)}")
     if sign == "positive":
         a = np.clip(a, 0, None)
     elif sign == "negative":
         a = np.clip(-a, 0, None)
     return a
+
+
+def _as_heat(attr: ArrayLike, sign: str, shape: Tuple[int, int], name: str) -> np.ndarray:
+    """Reduce an attribution of one example to an ``(H, W)`` map, following ``sign``."""
+    _check_sign(sign)
+    a = _numpy(attr, name)
+    if a.ndim == 4 and a.shape[0] == 1:
+        a = a[0]
+    axis = None
+    if a.ndim == 3:
+        # Channels first unless the last axis is clearly the channel axis.
+        axis = -1 if a.shape[-1] in (1, 3) and a.shape[:2] == shape else 0
+    return _signed_heat(a, sign, axis, shape, name, "image")
 
 
 def _polygon_vertex_lists(polygons: Any) -> List[np.ndarray]:

@@ -54,10 +54,7 @@ def plot_alignment_vs_noise(
         3
     """
     names, cols = _feature_columns(feature_scores, feature_names)
-    noise = _numpy(noise_scores, "noise_scores")
-    noise = noise[None] if noise.ndim == 1 else noise
-    if noise.ndim != 2 or noise.shape[1] == 0:
-        raise ValueError(f"noise_scores must be (N, M) or (M,) with M >= 1, got shape {noise.shape}")
+    noise = _score_matrix(noise_scores, "noise_scores", "M")
     noise_means = np.nanmean(noise, axis=0) if np.isfinite(noise).any() else np.full(noise.shape[1], np.nan)
     pv = _p_values(p_values, names)
 
@@ -103,14 +100,20 @@ def plot_alignment_vs_noise(
 def _feature_columns(scores: Any, names: Optional[Sequence[str]]) -> Tuple[List[str], List[np.ndarray]]:
     if isinstance(scores, Mapping):
         return [str(k) for k in scores], [_numpy(v, f"feature_scores[{k!r}]").ravel() for k, v in scores.items()]
-    a = _numpy(scores, "feature_scores")
-    a = a[None] if a.ndim == 1 else a
-    if a.ndim != 2 or a.shape[1] == 0:
-        raise ValueError(f"feature_scores must be (N, m) or (m,) with m >= 1, got shape {a.shape}")
+    a = _score_matrix(scores, "feature_scores", "m")
     names = list(names) if names is not None else [f"feature {j}" for j in range(a.shape[1])]
     if len(names) != a.shape[1]:
         raise ValueError(f"feature_names has {len(names)} names for {a.shape[1]} features")
     return names, [a[:, j] for j in range(a.shape[1])]
+
+
+def _score_matrix(scores: Any, name: str, columns: str) -> np.ndarray:
+    """Scores as ``(N, k)`` from ``(N, k)`` or one row ``(k,)``, with at least one column."""
+    a = _numpy(scores, name)
+    a = a[None] if a.ndim == 1 else a
+    if a.ndim != 2 or a.shape[1] == 0:
+        raise ValueError(f"{name} must be (N, {columns}) or ({columns},) with {columns} >= 1, got shape {a.shape}")
+    return a
 
 
 def _p_values(p_values: Any, names: List[str]) -> List[Optional[float]]:

@@ -94,29 +94,34 @@ def plot_flow(
     for r, (where, frames) in enumerate(strips):
         _frame_strip(fig, grid, r, frames, idx, s, reached_boundary, where, (lo, hi))
     if has_lines:
-        lax = fig.add_subplot(grid[len(strips), :])
-        for name, values in curves.items():
-            lax.plot(s, values, marker="." if t <= 40 else None, label=name)
-        if curves:
-            lax.set_ylabel("alignment S along the flow")
-            lax.set_ylim(bottom=0)
-        for i in idx:
-            lax.axvline(s[i], color="0.8", linewidth=0.8, zorder=0)
-        lax.set_xlabel("arc length s")
-        lax.set_xlim(s[0], s[-1] if s[-1] > s[0] else s[0] + 1)
-        line_axes = [lax]
-        if mvals is not None:
-            max_ = lax.twinx() if curves else lax
-            max_.plot(s, mvals, color="0.3", linestyle="--", label="margin m")
-            max_.axhline(0, color="0.3", linewidth=0.6)
-            max_.set_ylabel("decision margin m")
-            line_axes.append(max_)
-        handles = [hd for a in dict.fromkeys(line_axes) for hd in a.get_legend_handles_labels()[0]]
-        if handles:
-            lax.legend(handles=handles, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0),
-                       frameon=False, ncol=min(5, len(handles)), borderaxespad=0.1)
+        _line_plot(fig.add_subplot(grid[len(strips), :]), s, idx, curves, mvals)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def _line_plot(lax: Any, s: np.ndarray, idx: np.ndarray, curves: Dict[str, np.ndarray],
+               mvals: Optional[np.ndarray]) -> None:
+    """Alignment along the flow against arc length (the margin on a twin axis), frames marked."""
+    for name, values in curves.items():
+        lax.plot(s, values, marker="." if len(s) <= 40 else None, label=name)
+    if curves:
+        lax.set_ylabel("alignment S along the flow")
+        lax.set_ylim(bottom=0)
+    for i in idx:
+        lax.axvline(s[i], color="0.8", linewidth=0.8, zorder=0)
+    lax.set_xlabel("arc length s")
+    lax.set_xlim(s[0], s[-1] if s[-1] > s[0] else s[0] + 1)
+    line_axes = [lax]
+    if mvals is not None:
+        max_ = lax.twinx() if curves else lax
+        max_.plot(s, mvals, color="0.3", linestyle="--", label="margin m")
+        max_.axhline(0, color="0.3", linewidth=0.6)
+        max_.set_ylabel("decision margin m")
+        line_axes.append(max_)
+    handles = [hd for a in dict.fromkeys(line_axes) for hd in a.get_legend_handles_labels()[0]]
+    if handles:
+        lax.legend(handles=handles, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0),
+                   frameon=False, ncol=min(5, len(handles)), borderaxespad=0.1)
 
 
 def _frame_strip(

@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
-from captum_gradflow.visualization._common import _SIGNS, _numpy
+from captum_gradflow.visualization._common import _check_sign, _numpy, _signed_heat, _unit_range
 
 __all__ = ["VIEWS", "Slice", "is_volume", "volume_image", "volume_heat", "slice_plan",
            "take_slice", "hull_sections", "hull_lists", "plane_section"]
@@ -44,26 +44,13 @@ def volume_image(image: Any, name: str = "image") -> np.ndarray:
     a = _channels_first(_numpy(image, name), name)
     if a.shape[0] not in (1, 3):
         raise ValueError(f"{name}: a volume needs 1 or 3 channels, got {a.shape[0]}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
-    a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
-    lo, hi = a.min(), a.max()
-    return (a - lo) / (hi - lo) if (lo < 0 or hi > 1) and hi > lo else np.clip(a, 0, 1)
+    return _unit_range(a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1), name)
 
 
 def volume_heat(attr: Any, sign: str, shape: Sequence[int], name: str) -> np.ndarray:
     """One example's attribution as a ``(D, H, W)`` map following ``sign`` (channels reduced)."""
-    if sign not in _SIGNS:
-        raise ValueError(f"sign must be one of {_SIGNS}, got {sign!r}")
-    a = _channels_first(_numpy(attr, name), name)
-    a = np.abs(a).sum(0) if sign == "absolute" else a.sum(0)
-    if a.shape != tuple(shape):
-        raise ValueError(f"{name} reduces to shape {a.shape}, but the volume is {tuple(shape)}")
-    if sign == "positive":
-        a = np.clip(a, 0, None)
-    elif sign == "negative":
-        a = np.clip(-a, 0, None)
-    return a
+    _check_sign(sign)
+    return _signed_heat(_channels_first(_numpy(attr, name), name), sign, 0, shape, name, "volume")
 
 
 def slice_plan(heat: np.ndarray, view: str = "orthogonal", n_slices: int = 6) -> List[Slice]:
