@@ -23,8 +23,9 @@ from captum_gradflow._common import (
 from captum_gradflow._checks import check_batch
 from captum_gradflow._guard import preserved
 from captum_gradflow.gad import persistence
+from captum_gradflow.gad.persistence import model_digest
 from captum_gradflow.gad.config import GADConfig
-from captum_gradflow.gad.distancing import DistancingPlan, class_means, make_plan
+from captum_gradflow.gad.distancing import DistancingPlan, fit_selection
 from captum_gradflow.gad.explain import GADComponents, all_maps, upsample
 from captum_gradflow.gad.fusion import Reduce, check_fusion_args, fuse_maps
 from captum_gradflow.gad.support import (
@@ -33,10 +34,9 @@ from captum_gradflow.gad.support import (
     find_model,
     frozen_copy,
     make_support_models,
-    model_device,
-    predict_logits,
     rebind,
 )
+from captum_gradflow.training import _model_device, predict
 
 __all__ = ["GADWrapper", "GADComponents"]
 
@@ -131,6 +131,7 @@ class GADWrapper(Attribution):
         self.history: List[List[float]] = []
         self._methods: List[Attribution] = []
         self._fit_data: Optional[Tuple[Tuple[Tensor, ...], Tensor, dict]] = None
+        self._refit: Optional[Tuple["GADWrapper", Tuple[Tensor, str]]] = None
 
     # -- Captum protocol ---------------------------------------------------------------
     @property
@@ -180,7 +181,7 @@ class GADWrapper(Attribution):
         xs, y = as_tensors(data)
         # One example on the model's device: batches are moved there as they are used, so the
         # data may live elsewhere (the dtype must still match).
-        device = model_device(self.model)
+        device = _model_device(self.model) or torch.device("cpu")
         check_batch(tuple(t[:1] if t.device.type == "meta" else t[:1].to(device) for t in xs),
                     self.model, "GADWrapper.fit")
         check_finite(xs, "data")
@@ -189,11 +190,11 @@ class GADWrapper(Attribution):
             batch_size = int(data.batch_size)
         strategy = dict(pair=pair, one_vs_all=one_vs_all, split=split)
         reference = frozen_copy(self.model)
-        logits = predict_logits(reference, xs, batch_size=batch_size)
-        plan, xs, y, logits = self._plan(xs, y, logits, strategy)
-        alphas = self.config.schedule(plan.margins(logits, y))
+        logits = predict(reference, xs, batch_size=batch_size)
+        plan, xs, y, groups, logits = fit_selection(xs, y, logits, strategy, self.config.groups, self.config.seed)
+        alphas = self.config.schedule(plan.margins(logits, groups))
         models, history = make_support_models(
-            reference, xs, logits, y, plan, alphas, steps=self.config.budget(len(y), batch_size),
+            reference, xs, logits, groups, plan, alphas, steps=self.config.budget(len(y), batch_size),
             lr=self.config.lr, batch_size=batch_size, seed=self.config.seed,
             warm_start=self.config.warm_start, progress=self.progress,
         )
@@ -201,24 +202,9 @@ class GADWrapper(Attribution):
         self._fit_data = (xs, y.cpu(), strategy)
         return self
 
-    def _plan(self, xs: Tuple[Tensor, ...], y: Tensor, logits: Tensor, strategy: dict) -> Tuple[Any, ...]:
-        """The distancing plan, and the images, labels and logits of its classes."""
-        if logits.dim() != 2 or logits.shape[1] < 2:
-            raise ValueError(f"GAD needs a classifier with (N, K >= 2) logits, got output shape {tuple(logits.shape)}")
-        if not torch.isfinite(logits).all():
-            raise ValueError("the model's logits on the data contain NaN or Inf")
-        k = logits.shape[1]
-        y = y.to(logits.device)
-        if ((y < 0) | (y >= k)).any():
-            bad = sorted(set(y[(y < 0) | (y >= k)].tolist()))
-            raise IndexError(f"labels {bad} are out of range for a model with {k} outputs")
-        plan = make_plan(y, k, class_means=class_means(logits, y, k), seed=self.config.seed, **strategy)
-        keep = plan.uses(y)
-        keep_data = keep.to(xs[0].device)
-        return plan, tuple(x[keep_data] for x in xs), y[keep], logits[keep]
-
     def _set_fitted(self, plan: DistancingPlan, alphas: Tensor, models: List[nn.Module], history: List[List[float]]) -> None:
         methods = [rebind(self.attribution_method, self.model, m) for m in models]
+        self._refit = None  # refits belong to the previous fit
         self.plan, self.alphas, self.support_models, self.history, self._methods = (
             plan, alphas, models, history, methods,
         )
@@ -233,14 +219,23 @@ class GADWrapper(Attribution):
         other._fit_data = self._fit_data
         return other
 
-    def for_model(self, model: nn.Module) -> "GADWrapper":
+    def for_model(self, model: nn.Module, groups: Literal["label", "prediction"] = "prediction") -> "GADWrapper":
         """A GAD for another model of the same architecture, refitted on the kept fit data.
 
         Support models belong to the model they were fitted from: explaining a different
         model (Quantus' MPRT and RandomLogit pass randomised copies) with them would keep the
         old model's structure in the map. The wrapped method is re-bound to ``model`` (module
         by module) and the support models are fitted anew with the same settings, strategy
-        and data. A wrapper loaded from a file keeps no data and raises ``ValueError``.
+        and data, except that images are grouped by ``model``'s own predictions
+        (``groups="prediction"``, see :class:`GADConfig`): the labels say how the data is
+        split, not how ``model`` splits it, and support models of a randomised model trained
+        to separate the labels would learn the data's structure from scratch and carry it into
+        the map (docs/gad_sweep.md, "Randomisation sanity"). ``groups="label"`` keeps the
+        labels. A wrapper loaded from a file keeps no fit data and raises ``ValueError``.
+
+        The latest refit is kept: asking again for the same model with the same weights
+        (Quantus explains one randomised copy batch after batch, and randomises it in place
+        layer after layer) returns it without fitting; ``model`` itself returns ``self``.
         """
         self._check_fitted()
         if model is self.model:
@@ -251,9 +246,17 @@ class GADWrapper(Attribution):
                 "for another model; fit it on data first (GAD's support models belong to the model "
                 "they were fitted from)"
             )
+        digest = (model_digest(model), groups)
+        if self._refit is not None:
+            other, seen = self._refit
+            if other.model is model and seen[1] == groups and torch.equal(seen[0], digest[0]):
+                return other
         xs, y, strategy = self._fit_data
-        other = GADWrapper(rebind(self.attribution_method, self.model, model), self.config, progress=self.progress)
-        return other.fit((xs if len(xs) > 1 else xs[0], y), **strategy)
+        method = rebind(self.attribution_method, self.model, model)
+        other = GADWrapper(method, replace(self.config, groups=groups), progress=self.progress)
+        other.fit((xs if len(xs) > 1 else xs[0], y), **strategy)
+        self._refit = (other, digest)  # only the latest: a randomisation metric makes many models
+        return other
 
     def _check_fitted(self) -> DistancingPlan:
         if self.plan is None:
@@ -381,7 +384,7 @@ class GADWrapper(Attribution):
         labels = target_indices(labels, xs[0].shape[0], torch.device("cpu"))
         rows = []
         for m in models:
-            logits = predict_logits(m, xs, batch_size)
+            logits = predict(m, xs, batch_size)
             rows.append(plan.margins(logits, labels.to(logits.device) % plan.num_classes))
         return torch.stack(rows)
 
