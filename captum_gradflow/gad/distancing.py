@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from captum_gradflow._common import target_indices
 from captum_gradflow.training import _check_labels
 
 __all__ = ["AlphaType", "DistancingPlan", "class_means", "make_plan", "default_alphas", "fit_selection"]
@@ -65,6 +66,24 @@ class DistancingPlan:
     def uses(self, labels: Tensor) -> Tensor:
         """Bool per image: is its class one of the fitted classes."""
         return torch.isin(labels, torch.tensor(self.classes, device=labels.device))
+
+    def target_classes(self, target: Any, n: int) -> Tensor:
+        """``(n,)`` class indices of a Captum ``target`` (every form Captum accepts; negative
+        indices wrap), checked to be among the fitted classes."""
+        if target is None:
+            raise ValueError(f"GAD needs target= (a class among the fitted classes {list(self.classes)})")
+        k = self.num_classes
+        idx = target_indices(target, n, torch.device("cpu"))
+        if ((idx < -k) | (idx >= k)).any():
+            raise IndexError(f"target {target!r} is out of range for a model with {k} outputs")
+        idx = idx % k
+        outside = sorted(set(idx.tolist()) - set(self.classes))
+        if outside:
+            raise ValueError(
+                f"target class(es) {outside} were not among the fitted classes {list(self.classes)}; "
+                "the support models were not trained to distance them"
+            )
+        return idx
 
     def predicted(self, logits: Tensor) -> Tensor:
         """The model's class of each image among the fitted classes: the argmax of its logits

@@ -17,17 +17,15 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_gradflow._common import (
-    TargetType, TensorOrTuple, check_finite, format_inputs, format_output, target_indices,
-)
+from captum_gradflow._common import TargetType, TensorOrTuple, check_finite, format_inputs
 from captum_gradflow._checks import check_batch
 from captum_gradflow._guard import preserved
 from captum_gradflow.gad import persistence
 from captum_gradflow.gad.persistence import model_digest
 from captum_gradflow.gad.config import GADConfig
 from captum_gradflow.gad.distancing import DistancingPlan, fit_selection
-from captum_gradflow.gad.explain import GADComponents, all_maps, upsample
-from captum_gradflow.gad.fusion import Reduce, check_fusion_args, fuse_maps
+from captum_gradflow.gad.explain import GADComponents, all_maps, fuse_all, upsample
+from captum_gradflow.gad.fusion import Reduce, check_fusion_args
 from captum_gradflow.gad.support import (
     as_tensors,
     check_modules_in_model,
@@ -263,21 +261,6 @@ class GADWrapper(Attribution):
             raise ValueError("this GADWrapper is not fitted: call fit(data, ...) or GADWrapper.load(path, method) first")
         return self.plan
 
-    def _check_target(self, target: TargetType, n: int) -> None:
-        plan = self._check_fitted()
-        if target is None:
-            raise ValueError(f"GAD needs target= (a class among the fitted classes {list(plan.classes)})")
-        k = plan.num_classes
-        idx = target_indices(target, n, torch.device("cpu"))
-        if ((idx < -k) | (idx >= k)).any():
-            raise IndexError(f"target {target!r} is out of range for a model with {k} outputs")
-        outside = sorted(set((idx % k).tolist()) - set(plan.classes))
-        if outside:
-            raise ValueError(
-                f"target class(es) {outside} were not among the fitted classes {list(plan.classes)}; "
-                "the support models were not trained to distance them"
-            )
-
     # -- Algorithm 2 -------------------------------------------------------------------
     @overload
     def attribute(self, inputs: TensorOrTuple, target: TargetType = ..., q: float = ..., agreement: float = ...,
@@ -345,33 +328,20 @@ class GADWrapper(Attribution):
         xs, _ = format_inputs(inputs)
         check_batch(xs, self.model, "GADWrapper.attribute")
         check_finite(xs)
-        self._check_target(target, xs[0].shape[0])
+        self._check_fitted().target_classes(target, xs[0].shape[0])
         with preserved(self.model, xs, "GADWrapper.attribute"):
             maps = all_maps([self.attribution_method, *self._methods], inputs, target, kwargs)
             if interpolate_to_input:
                 maps = [upsample(m, xs) for m in maps]
-        parts, was_tuple = zip(*(format_inputs(m) for m in maps))
-        if len(set(was_tuple)) != 1 or len({len(p) for p in parts}) != 1:
-            raise ValueError("the wrapped method returned maps of different forms for different models")
-        fused = [fuse_maps([p[i] for p in parts], q, agreement, reduce) for i in range(len(parts[0]))]
-        n_degenerate = int(sum(int(f.degenerate.sum()) for f in fused))
-        if n_degenerate:
+        out, components = fuse_all(maps, q, agreement, reduce)
+        if components.n_degenerate:
             warnings.warn(
-                f"GAD: {n_degenerate} attribution map(s) were constant or not finite (e.g. a zero "
-                "gradient); their masks are empty, so GAD keeps nothing where they vote",
+                f"GAD: {components.n_degenerate} attribution map(s) were constant or not finite (e.g. "
+                "a zero gradient); their masks are empty, so GAD keeps nothing where they vote",
                 UserWarning,
                 stacklevel=3,
             )
-        out = format_output(was_tuple[0], tuple(f.attribution for f in fused))
-        if not return_components:
-            return out
-        components = GADComponents(
-            maps=[format_output(was_tuple[0], p) for p in parts],
-            masks=[format_output(was_tuple[0], tuple(f.masks[t] for f in fused)) for t in range(len(maps))],
-            consistency=format_output(was_tuple[0], tuple(f.consistency for f in fused)),
-            n_degenerate=n_degenerate,
-        )
-        return out, components
+        return (out, components) if return_components else out
 
     # -- inspection ----------------------------------------------------------------------
     def margins(self, inputs: TensorOrTuple, labels: Tensor, batch_size: int = 256) -> Tensor:
@@ -379,13 +349,11 @@ class GADWrapper(Attribution):
         row 0 the original model (on an eval-mode copy), row ``t`` support model ``t``."""
         plan = self._check_fitted()
         xs, _ = format_inputs(inputs)
-        self._check_target(labels, xs[0].shape[0])
-        models = [frozen_copy(self.model)] + self.support_models
-        labels = target_indices(labels, xs[0].shape[0], torch.device("cpu"))
+        labels = plan.target_classes(labels, xs[0].shape[0])
         rows = []
-        for m in models:
+        for m in [frozen_copy(self.model)] + self.support_models:
             logits = predict(m, xs, batch_size)
-            rows.append(plan.margins(logits, labels.to(logits.device) % plan.num_classes))
+            rows.append(plan.margins(logits, labels.to(logits.device)))
         return torch.stack(rows)
 
     # -- persistence -------------------------------------------------------------------
