@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -118,7 +118,7 @@ class GADConfig:
     batch_size: int = 32
     seed: int = 0
     warm_start: bool = DEFAULT_WARM_START
-    groups: str = DEFAULT_GROUPS
+    groups: Literal["label", "prediction"] = DEFAULT_GROUPS
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)

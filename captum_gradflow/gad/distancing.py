@@ -8,7 +8,7 @@ kept while the gap between the groups grows by ``alpha_t``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -248,7 +248,7 @@ def fit_selection(
     labels: Tensor,
     logits: Tensor,
     strategy: Dict[str, Any],
-    groups: str = "label",
+    groups: Literal["label", "prediction"] = "label",
     seed: int = 0,
 ) -> Tuple[DistancingPlan, Tuple[Tensor, ...], Tensor, Tensor, Tensor]:
     """The plan of ``strategy`` and the fit data of its classes.

@@ -117,7 +117,8 @@ def gad_sweep(
     Settings that change the support models (any :class:`GADConfig` field: ``delta`` or
     ``alphas`` (per group too), ``lr``, ``steps``, ``warm_start``, ``n_support``, ...) are
     fitted once per combination; ``q`` and ``agreement`` in the grid only change fusion: the
-    ``T + 1`` maps of a fit are computed once per method and fused again for each. Every method is explained with the same support models.
+    ``T + 1`` maps of a fit are computed once per method and fused again for each. Every
+    method is explained with the same support models.
 
     Args:
         model: The trained classifier (not modified).
