@@ -152,3 +152,4 @@ def test_fit_selection_groups_by_label_or_by_the_models_prediction():
         fit_selection((x,), torch.tensor([0, 1, 7, 1]), logits, strategy)
     with pytest.raises(ValueError, match="groups must be 'label' or 'prediction'"):
         GADConfig(groups="truth")
+    assert GADConfig.from_dict(GADConfig(groups="prediction").to_dict()).groups == "prediction"  # saved
