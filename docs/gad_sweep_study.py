@@ -140,9 +140,9 @@ def markdown(df: pd.DataFrame, floats: str = "{:.3g}") -> str:
     return "\n".join(lines)
 
 
-def randomisation(seeds: range = range(40, 48), n: int = 16) -> pd.DataFrame:
+def randomisation(method: str = "Saliency", seeds: range = range(40, 48), n: int = 16) -> pd.DataFrame:
     """Spearman of |map| with the original model's map after every layer is re-initialised
-    (top-down, one seed, as Quantus' MPRT does), for Saliency and GAD(Saliency) refitted with
+    (top-down, one seed, as Quantus' MPRT does), for the method and GAD(method) refitted with
     the fit images grouped by label or by the randomised model's prediction. The set-up of
     tests/test_adapters_quantus.py: digits 3/8 at 16x16, GAD with T = 2 and 60 steps."""
     import copy
@@ -153,25 +153,27 @@ def randomisation(seeds: range = range(40, 48), n: int = 16) -> pd.DataFrame:
     from captum_gradflow import GADWrapper
 
     def corr(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float(np.mean([spearmanr(u.abs().flatten(), v.abs().flatten())[0] for u, v in zip(a, b)]))
+        return float(np.mean([spearmanr(u.detach().abs().flatten(), v.detach().abs().flatten())[0]
+                              for u, v in zip(a, b)]))
 
     d = digits_pair((3, 8), size=16, seed=0)
     torch.manual_seed(0)
     model = SmallCNN(num_classes=2)
     train_classifier(model, d.x_train, d.y_train, epochs=8, lr=3e-3, progress=False)
-    gad = GADWrapper(Saliency(model.eval()), n_support=2, steps=60, progress=False)
+    factory, kwargs = METHODS[method], ATTRIBUTE_KWARGS.get(method, {})
+    gad = GADWrapper(factory(model.eval()), n_support=2, steps=60, progress=False)
     gad.fit((d.x_train, d.y_train), pair=(0, 1))
     x, y = d.x_test[:n], d.y_test[:n]
-    g0, before = gad.attribute(x, target=y, return_components=True)
+    g0, base = gad.attribute(x, target=y, **kwargs), factory(model).attribute(x, target=y, **kwargs)
     rows = []
     for seed in seeds:
         rnd = copy.deepcopy(model)
         for m in [m for m in rnd.modules() if hasattr(m, "reset_parameters")][::-1]:
             torch.manual_seed(seed)
             m.reset_parameters()
-        row = {"seed": seed, "Saliency": corr(before.maps[0], Saliency(rnd).attribute(x, target=y))}
+        row = {"seed": seed, method: corr(base, factory(rnd).attribute(x, target=y, **kwargs))}
         for groups in ("label", "prediction"):
-            row[f"GAD by {groups}"] = corr(g0, gad.for_model(rnd, groups=groups).attribute(x, target=y))
+            row[f"GAD by {groups}"] = corr(g0, gad.for_model(rnd, groups=groups).attribute(x, target=y, **kwargs))
         rows.append(row)
         print(row, flush=True)
     return pd.DataFrame(rows)
@@ -184,13 +186,13 @@ def main(argv: List[str] = None) -> None:
                         help="grids to run (default: all)")
     parser.add_argument("--append", action="store_true", help="add the stages' rows to the CSV")
     parser.add_argument("--csv", default=CSV, help="where the table goes (default docs/gad_sweep.csv)")
-    parser.add_argument("--randomisation", action="store_true",
-                        help="only the randomisation table of docs/gad_sweep.md")
+    parser.add_argument("--randomisation", choices=list(METHODS), nargs="?", const="Saliency",
+                        help="only the randomisation table of docs/gad_sweep.md, for this method")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     if args.randomisation:
-        table = randomisation()
+        table = randomisation(args.randomisation)
         print(markdown(pd.concat([table, table.mean().to_frame().T.assign(seed="mean")])))
         return
     if args.from_csv:
