@@ -6,7 +6,8 @@ which cannot load on every machine.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -139,7 +140,10 @@ def quantus_explain(
       (``rebind=False``). A fitted ``GADWrapper`` is refitted for that model with the data
       it was fitted on (:meth:`~captum_gradflow.GADWrapper.for_model`): support models
       distanced from the original model would carry its structure into the randomised
-      model's map. One refit per call: a randomisation metric costs a GAD fit per model;
+      model's map; its images are then grouped by that model's predictions, not by the labels
+      (see ``for_model``). A GAD fit per randomised model and weights: further batches and
+      calls for the same model reuse it, and the model GAD was fitted on needs none
+      (RandomLogit);
     * any other callable: ``method(model, inputs, target, **attribute_kwargs)`` with tensors.
 
     The user's model is not moved or switched to eval mode: inputs go to the device of its
@@ -198,7 +202,9 @@ def quantus_explain(
     check_finite((x,))
     target = _quantus_targets(targets, x.shape[0], dev)
     explain = _quantus_method(model, method, method_kwargs, rebind)
-    with preserved(model, (x,), "quantus_explain"):
+    # this package's attributions guard the model themselves; a second guard would only repeat the work
+    guard = nullcontext() if isinstance(explain, _self_guarded()) else preserved(model, (x,), "quantus_explain")
+    with guard:
         if isinstance(explain, Attribution):
             attr = explain.attribute(x, target=target, **attribute_kwargs)
         else:
@@ -220,6 +226,13 @@ def quantus_explain(
             raise ValueError("reduce_axes must not include the batch axis 0")
         out = out.sum(axis=axes, keepdims=keepdims) if axes else out
     return out
+
+
+def _self_guarded() -> Tuple[type, ...]:
+    """This package's attributions: each public call wraps its work in ``preserved`` itself."""
+    from captum_gradflow.gad.wrapper import GADWrapper
+
+    return (GADWrapper, ZennitAttribution)
 
 
 def _quantus_targets(targets: Any, n: int, device: torch.device) -> Optional[Tensor]:

@@ -42,7 +42,7 @@ class TrainHistory:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
+def predict(model: nn.Module, x: Tensor | Tuple[Tensor, ...], batch_size: int = 256) -> Tensor:
     """Logits of ``model`` on ``x`` in batches, with every module in eval mode.
 
     A model in train mode is evaluated in eval mode (BatchNorm with its running statistics,
@@ -50,12 +50,14 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
     modules frozen in eval mode keeps them so. Nothing of the model changes.
 
     Args:
-        model: Any ``nn.Module`` taking ``x``.
-        x: Inputs ``(N, ...)`` on the model's device, floating point like the model.
+        model: Any ``nn.Module`` taking ``x`` (or ``*x`` for a tuple).
+        x: Inputs ``(N, ...)``, or a tuple of them for a model with several inputs; floating
+            point like the model. They may live on another device than the model: each batch
+            is moved to the device of the model's parameters as it is used.
         batch_size: Rows per forward pass (at least 1).
 
     Returns:
-        The concatenated outputs, ``(N, ...)``.
+        The concatenated outputs, ``(N, ...)``, on the model's device.
 
     Examples::
 
@@ -65,9 +67,26 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
         torch.Size([5, 2])
     """
     _check_positive_int(batch_size, "batch_size", "predict")
-    check_batch((x,), model, "predict: x")
-    with preserved(model, (x,), "predict", eval_mode=True):
-        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    device = _model_device(model)
+    # one example on the model's device: the data may live elsewhere (a meta tensor cannot move)
+    check_batch(tuple(t if not isinstance(t, Tensor) or t.dim() == 0 or device is None
+                      or t.device.type == "meta" else t[:1].to(device) for t in xs), model, "predict: x")
+    with preserved(model, xs, "predict", eval_mode=True):
+        out = [model(*(t[i:i + batch_size].to(device or t.device) for t in xs))
+               for i in range(0, len(xs[0]), batch_size)]
+    if not all(isinstance(o, Tensor) for o in out):
+        raise TypeError(f"predict: the model must return a Tensor, got {type(out[0]).__name__}")
+    return torch.cat(out)
+
+
+def _model_device(model: nn.Module) -> Optional[torch.device]:
+    """Device of the model's first parameter (or buffer); None for a model without tensors."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
 
 
 def balanced_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> float:

@@ -47,6 +47,11 @@ STAGES = {
                      "warm_start": [False, True]}, ["digits 3/8"]),
     "final": ({"n_support": [3, 5], "delta": [0.5, 1.0, 2.0, 4.0], "lr": [3e-3], "steps": [100],
                "warm_start": [False]}, ALL),
+    # after "final": single settings probed on digits 3/8 with Saliency (more support models
+    # at moderate delta, longer budgets) that moved the frontier there, run everywhere
+    "frontier": ([{"n_support": [t], "delta": [d], "lr": [3e-3], "steps": [s], "warm_start": [False]}
+                  for t, d, s in ((6, 0.5, 200), (8, 0.5, 200), (8, 0.5, 300), (10, 0.25, 100),
+                                  (12, 0.25, 200), (10, 1.0, 100))], ALL),
 }
 SETTING = ["n_support", "delta", "lr", "steps", "warm_start"]
 METHODS = {"IG": IntegratedGradients, "Saliency": Saliency, "InputXGradient": InputXGradient}
@@ -78,12 +83,13 @@ def run_sweep(stages: List[str], previous: pd.DataFrame = None, csv: str = CSV) 
         model = base_model(x, y)
         acc = balanced_accuracy(model, x_test, y_test)
         for stage in stages:
-            grid, where = STAGES[stage]
+            grids, where = STAGES[stage]
             if name not in where:
                 continue
             start = time.perf_counter()
-            table = gad_sweep(model, METHODS, (x, y), grid, eval_data=(x_test, y_test), pair=(0, 1),
-                              attribute_kwargs=ATTRIBUTE_KWARGS, progress=False)
+            table = pd.concat([gad_sweep(model, METHODS, (x, y), grid, eval_data=(x_test, y_test), pair=(0, 1),
+                                         attribute_kwargs=ATTRIBUTE_KWARGS, progress=False)
+                               for grid in (grids if isinstance(grids, list) else [grids])], ignore_index=True)
             table.insert(0, "dataset", name)
             table.insert(1, "stage", stage)
             table["base_accuracy"] = acc
@@ -134,6 +140,45 @@ def markdown(df: pd.DataFrame, floats: str = "{:.3g}") -> str:
     return "\n".join(lines)
 
 
+def randomisation(method: str = "Saliency", seeds: range = range(40, 48), n: int = 16) -> pd.DataFrame:
+    """Spearman of |map| with the original model's map after every layer is re-initialised
+    (top-down, one seed, as Quantus' MPRT does), for the method and GAD(method) refitted with
+    the fit images grouped by label or by the randomised model's prediction. The set-up of
+    tests/test_adapters_quantus.py: digits 3/8 at 16x16, GAD with T = 2 and 60 steps."""
+    import copy
+
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from captum_gradflow import GADWrapper
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(np.mean([spearmanr(u.detach().abs().flatten(), v.detach().abs().flatten())[0]
+                              for u, v in zip(a, b)]))
+
+    d = digits_pair((3, 8), size=16, seed=0)
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=2)
+    train_classifier(model, d.x_train, d.y_train, epochs=8, lr=3e-3, progress=False)
+    factory, kwargs = METHODS[method], ATTRIBUTE_KWARGS.get(method, {})
+    gad = GADWrapper(factory(model.eval()), n_support=2, steps=60, progress=False)
+    gad.fit((d.x_train, d.y_train), pair=(0, 1))
+    x, y = d.x_test[:n], d.y_test[:n]
+    g0, base = gad.attribute(x, target=y, **kwargs), factory(model).attribute(x, target=y, **kwargs)
+    rows = []
+    for seed in seeds:
+        rnd = copy.deepcopy(model)
+        for m in [m for m in rnd.modules() if hasattr(m, "reset_parameters")][::-1]:
+            torch.manual_seed(seed)
+            m.reset_parameters()
+        row = {"seed": seed, method: corr(base, factory(rnd).attribute(x, target=y, **kwargs))}
+        for groups in ("label", "prediction"):
+            row[f"GAD by {groups}"] = corr(g0, gad.for_model(rnd, groups=groups).attribute(x, target=y, **kwargs))
+        rows.append(row)
+        print(row, flush=True)
+    return pd.DataFrame(rows)
+
+
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from-csv", action="store_true", help="re-read docs/gad_sweep.csv")
@@ -141,9 +186,15 @@ def main(argv: List[str] = None) -> None:
                         help="grids to run (default: all)")
     parser.add_argument("--append", action="store_true", help="add the stages' rows to the CSV")
     parser.add_argument("--csv", default=CSV, help="where the table goes (default docs/gad_sweep.csv)")
+    parser.add_argument("--randomisation", choices=list(METHODS), nargs="?", const="Saliency",
+                        help="only the randomisation table of docs/gad_sweep.md, for this method")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
+    if args.randomisation:
+        table = randomisation(args.randomisation)
+        print(markdown(pd.concat([table, table.mean().to_frame().T.assign(seed="mean")])))
+        return
     if args.from_csv:
         table = pd.read_csv(args.csv)
     else:

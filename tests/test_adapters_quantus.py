@@ -159,21 +159,44 @@ def _spearman(a, b):
     return float(np.mean([spearmanr(np.abs(u).ravel(), np.abs(v).ravel())[0] for u, v in zip(a, b)]))
 
 
-def test_mprt_refits_gad_for_the_randomised_model(fitted_gad, monkeypatch):
+def _count_fits(monkeypatch):
     from captum_gradflow import GADWrapper
 
-    gad, d = fitted_gad
-    x, y = d.x_test[:12].numpy(), d.y_test[:12].numpy()
     fitted_for = []
     fit = GADWrapper.fit
     monkeypatch.setattr(GADWrapper, "fit", lambda self, *a, **k: (fitted_for.append(self.model), fit(self, *a, **k))[1])
+    return fitted_for
+
+
+def test_mprt_refits_gad_once_for_the_randomised_model(fitted_gad, monkeypatch):
+    gad, d = fitted_gad
+    gad._refit = None  # no refit left by another test
+    x, y = d.x_test[:12].numpy(), d.y_test[:12].numpy()
+    fitted_for = _count_fits(monkeypatch)
     metric = quantus.MPRT(return_last_correlation=True, skip_layers=True, disable_warnings=True,
                           display_progressbar=False)
-    scores = metric(model=gad.model, x_batch=x, y_batch=y, a_batch=None, device="cpu",
+    # three batches of the same randomised copy: one refit, reused for the next two
+    scores = metric(model=gad.model, x_batch=x, y_batch=y, a_batch=None, device="cpu", batch_size=4,
                     explain_func=quantus_explain, explain_func_kwargs={"method": gad})
     assert len(scores) == 12 and np.isfinite(scores).all()
     assert len(fitted_for) == 1 and fitted_for[0] is not gad.model  # one refit, on the randomised copy
-    assert gad.support_models and all(m is not gad.model for m in fitted_for)
+    assert gad._refit[0].config.groups == "prediction"
+    # the same copy randomised further in place (Quantus' cascade) has other weights: refitted
+    rnd = fitted_for[0]
+    with torch.no_grad():
+        rnd.classifier[-1].weight.mul_(-1)
+    gad.for_model(rnd)
+    assert len(fitted_for) == 2
+
+
+def test_random_logit_explains_the_fitted_model_without_refitting(fitted_gad, monkeypatch):
+    gad, d = fitted_gad
+    fitted_for = _count_fits(monkeypatch)
+    metric = quantus.RandomLogit(num_classes=2, seed=0, disable_warnings=True, display_progressbar=False)
+    scores = metric(model=gad.model, x_batch=d.x_test[:8].numpy(), y_batch=d.y_test[:8].numpy(), a_batch=None,
+                    device="cpu", explain_func=quantus_explain, explain_func_kwargs={"method": gad})
+    assert len(scores) == 8 and np.isfinite(scores).all()
+    assert fitted_for == []  # the model GAD was fitted on needs no refit
 
 
 def test_randomising_the_model_changes_every_map_behind_gad(fitted_gad):
@@ -200,3 +223,32 @@ def test_randomising_the_model_changes_every_map_behind_gad(fitted_gad):
     overlap = (kept(before) & kept(refit)).sum() / kept(before).sum()
     base_overlap = (before.masks[0].flatten(1) & refit.masks[0].flatten(1)).sum() / before.masks[0].flatten(1).sum()
     assert overlap <= base_overlap + 0.1  # what GAD keeps moves at least as much as the base's top-q
+
+
+def _randomised(model, seed):
+    """Every layer re-initialised top-down from one seed, as Quantus' MPRT does."""
+    rnd = copy.deepcopy(model)
+    for m in [m for m in rnd.modules() if hasattr(m, "reset_parameters")][::-1]:
+        torch.manual_seed(seed)
+        m.reset_parameters()
+    return rnd
+
+
+def test_randomising_the_model_drops_the_gad_map_as_much_as_the_base_map(fitted_gad):
+    gad, d = fitted_gad
+    x, y = d.x_test[:16], d.y_test[:16]
+    g0, before = gad.attribute(x, target=y, return_components=True)
+    base, ours, by_label = [], [], []
+    for seed in range(40, 44):  # four randomised models; 43 is Quantus MPRT's default
+        rnd = _randomised(gad.model, seed)
+        g1, after = gad.for_model(rnd).attribute(x, target=y, return_components=True)
+        base.append(_spearman(before.maps[0].detach().numpy(), after.maps[0].detach().numpy()))
+        ours.append(_spearman(g0.detach().numpy(), g1.detach().numpy()))
+        by_label.append(_spearman(g0.detach().numpy(), gad.for_model(rnd, groups="label").attribute(x, target=y).numpy()))
+    # Measured (docs/gad_sweep.md): mean Spearman with the original map over these four models
+    # 0.13 (Saliency), 0.07 (GAD refitted by prediction), 0.29 (GAD refitted by label). Over
+    # eight models the per-model difference GAD - Saliency has sd 0.075, so a mean of four
+    # varies by about 0.04: the margin is 0.05.
+    assert np.mean(ours) <= np.mean(base) + 0.05, (base, ours)
+    # the check can fail: support models refitted on the labels re-learn the data's classes
+    assert np.mean(by_label) > np.mean(base) + 0.1, (base, by_label)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captum_gradflow.gad import DistancingPlan, default_alphas, make_plan
+from captum_gradflow.gad import DistancingPlan, GADConfig, default_alphas, make_plan
+from captum_gradflow.gad.distancing import fit_selection
 
 
 def _logits(n: int = 12, k: int = 4, seed: int = 0) -> torch.Tensor:
@@ -128,3 +129,27 @@ def test_plan_config_round_trip_and_bad_config():
 def test_bad_strategies_raise_clear_errors(kwargs, labels, error, match):
     with pytest.raises(error, match=match):
         make_plan(torch.tensor(labels), 3, **kwargs)
+
+
+def test_predicted_is_the_models_side_of_the_plan():
+    plan = make_plan(torch.tensor([0, 1, 2]), 3, pair=(0, 2))
+    logits = torch.tensor([[0.0, 5.0, 1.0], [2.0, 0.0, 1.0], [0.0, 0.0, 3.0]])
+    assert plan.predicted(logits).tolist() == [2, 0, 2]  # class 1 is not in the plan: never predicted
+
+
+def test_fit_selection_groups_by_label_or_by_the_models_prediction():
+    x = torch.arange(4.0)[:, None]
+    labels = torch.tensor([0, 1, 2, 1])
+    logits = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    strategy = dict(pair=(0, 1), one_vs_all=None, split=None)
+    plan, xs, y, classes, lg = fit_selection((x,), labels, logits, strategy)
+    assert xs[0].flatten().tolist() == [0.0, 1.0, 3.0] and y.tolist() == classes.tolist() == [0, 1, 1]
+    assert torch.equal(lg, logits[[0, 1, 3]])
+    _, xs, y, classes, _ = fit_selection((x,), labels, logits, strategy, groups="prediction")
+    # the same images (their labels are in the pair), grouped by the side of the pair the model puts them on
+    assert xs[0].flatten().tolist() == [0.0, 1.0, 3.0] and y.tolist() == [0, 1, 1] and classes.tolist() == [1, 0, 1]
+    with pytest.raises(IndexError, match=r"labels \[7\] are out of range for a model with 3 outputs"):
+        fit_selection((x,), torch.tensor([0, 1, 7, 1]), logits, strategy)
+    with pytest.raises(ValueError, match="groups must be 'label' or 'prediction'"):
+        GADConfig(groups="truth")
+    assert GADConfig.from_dict(GADConfig(groups="prediction").to_dict()).groups == "prediction"  # saved

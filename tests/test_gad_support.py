@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_gradflow import GADWrapper, SmallCNN
 from captum_gradflow.gad import make_plan, make_support_models, rebind, train_support_model
-from captum_gradflow.gad.support import as_tensors, find_model, frozen_copy, predict_logits
+from captum_gradflow.gad.support import as_tensors, find_model, frozen_copy
+from captum_gradflow.training import predict
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_train_support_model_fits_targets_and_restores_flags(tiny):
     support = frozen_copy(model)
     support.features[0].weight.requires_grad_(False)  # frozen by the user: still trained, flag kept
     before = support.features[0].weight.clone()
-    targets = predict_logits(support, (x,)) + torch.tensor([1.0, -1.0, 0.0])
+    targets = predict(support, x) + torch.tensor([1.0, -1.0, 0.0])
     losses = train_support_model(support, (x,), targets, steps=8 * 3, lr=1e-2, batch_size=8,
                                  generator=torch.Generator().manual_seed(0))
     assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]  # one mean loss per pass of 3 steps
@@ -91,7 +92,7 @@ class _CountingModel(nn.Module):
 def test_support_models_cost_one_forward_per_batch_and_are_seeded(tiny):
     model, x, y = tiny
     reference = frozen_copy(_CountingModel(model))
-    logits = predict_logits(reference, (x,))
+    logits = predict(reference, x)
     plan = make_plan(y, 3, one_vs_all=0)
     alphas = torch.tensor([1.0, 2.0], dtype=torch.float64)
     reference.calls = 0
@@ -136,13 +137,13 @@ def test_seed_matters_and_a_dataloader_fits_like_tensors(tiny):
 def test_support_models_train_on_per_group_targets(tiny):
     model, x, y = tiny
     reference = frozen_copy(model)
-    logits = predict_logits(reference, (x,))
+    logits = predict(reference, x)
     plan = make_plan(y, 3, pair=(0, 1))
     keep = plan.uses(y)
     alphas = torch.tensor([[1.0, 3.0], [2.0, 6.0]], dtype=torch.float64)  # (alpha_k, alpha_l) per model
     models, _ = make_support_models(reference, (x[keep],), logits[keep], y[keep], plan, alphas,
                                     steps=150, lr=3e-3, batch_size=16, warm_start=True, progress=False)
-    after = predict_logits(models[-1], (x[keep],))
+    after = predict(models[-1], x[keep])
     gap = lambda out, c, o: (out[y[keep] == c, c] - out[y[keep] == c, o]).mean()  # noqa: E731
     grow_k = gap(after, 0, 1) - gap(logits[keep], 0, 1)
     grow_l = gap(after, 1, 0) - gap(logits[keep], 1, 0)

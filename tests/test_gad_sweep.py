@@ -76,3 +76,28 @@ def test_trade_off_figure_draws_every_row_and_the_targets():
     assert {tuple(line.get_xdata()) for line in ax.lines} >= {(0.75, 0.75)}
     with pytest.raises(ValueError, match="lacks the columns"):
         plot_gad_sweep(table.drop(columns="rs_win_rate"))
+
+
+def test_sweep_computes_the_maps_once_per_fit_and_fuses_them_again_per_q_and_agreement(digits_model):
+    d, model = digits_model
+    calls = []
+
+    class Counted(Saliency):
+        def attribute(self, inputs, *args, **kwargs):
+            calls.append(len(inputs))
+            return super().attribute(inputs, *args, **kwargs)
+
+    x, y = d.x_test[:20], d.y_test[:20]
+    config = GADConfig(steps=20, n_support=2)
+    grid = {"q": [0.2, 0.3], "agreement": [1.0, 0.5]}
+    table = gad_sweep(model, Counted, (d.x_train, d.y_train), grid, eval_data=(x, y), pair=(0, 1),
+                      config=config, progress=False)
+    assert len(calls) == 3  # T + 1 maps of one batch, for four fusion settings
+    # the same figures as fusing through GAD itself at each setting (the same seeded fit)
+    gad = GADWrapper(Saliency(model), config, progress=False).fit((d.x_train, d.y_train), pair=(0, 1))
+    for _, row in table.iterrows():
+        attr, parts = gad.attribute(x, target=y, q=row.q, agreement=row.agreement, return_components=True)
+        kept = parts.consistency.flatten(1).sum(1).double() / parts.masks[0].flatten(1).sum(1)
+        assert np.isclose(row.kept_fraction, float(np.nanmedian(kept.numpy())))
+        expected = evaluate_gad(gad, x, y, q=row.q, agreement=row.agreement)
+        assert all(np.isclose(row[k], v, equal_nan=True) for k, v in expected.items()), (row, expected)

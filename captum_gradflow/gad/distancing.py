@@ -8,12 +8,15 @@ kept while the gap between the groups grows by ``alpha_t``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["AlphaType", "DistancingPlan", "class_means", "make_plan", "default_alphas"]
+from captum_gradflow._common import target_indices
+from captum_gradflow.training import _check_labels
+
+__all__ = ["AlphaType", "DistancingPlan", "class_means", "make_plan", "default_alphas", "fit_selection"]
 
 # One shift for both groups, or a pair (alpha_1 for images of G1, alpha_2 for images of G2).
 AlphaType = Union[float, Tuple[float, float], Tensor]
@@ -63,6 +66,30 @@ class DistancingPlan:
     def uses(self, labels: Tensor) -> Tensor:
         """Bool per image: is its class one of the fitted classes."""
         return torch.isin(labels, torch.tensor(self.classes, device=labels.device))
+
+    def target_classes(self, target: Any, n: int) -> Tensor:
+        """``(n,)`` class indices of a Captum ``target`` (every form Captum accepts; negative
+        indices wrap), checked to be among the fitted classes."""
+        if target is None:
+            raise ValueError(f"GAD needs target= (a class among the fitted classes {list(self.classes)})")
+        k = self.num_classes
+        idx = target_indices(target, n, torch.device("cpu"))
+        if ((idx < -k) | (idx >= k)).any():
+            raise IndexError(f"target {target!r} is out of range for a model with {k} outputs")
+        idx = idx % k
+        outside = sorted(set(idx.tolist()) - set(self.classes))
+        if outside:
+            raise ValueError(
+                f"target class(es) {outside} were not among the fitted classes {list(self.classes)}; "
+                "the support models were not trained to distance them"
+            )
+        return idx
+
+    def predicted(self, logits: Tensor) -> Tensor:
+        """The model's class of each image among the fitted classes: the argmax of its logits
+        restricted to :attr:`classes` (``pair=(k, l)``: the side of the pair it is on)."""
+        classes = torch.tensor(self.classes, device=logits.device)
+        return classes[logits[:, classes].argmax(dim=1)]
 
     def other_mask(self, labels: Tensor) -> Tensor:
         """``(N, K)`` bool: the logits pushed down on each image."""
@@ -182,9 +209,7 @@ def make_plan(
         raise ValueError(
             f"GAD needs images of at least 2 classes to push apart; the data has only class(es) {present}"
         )
-    bad = [c for c in present if not 0 <= c < num_classes]
-    if bad:
-        raise IndexError(f"labels {bad} are out of range for a model with {num_classes} outputs")
+    _check_labels(labels, len(labels), "make_plan", num_classes)
 
     if pair is not None:
         if isinstance(pair, (str, bytes)) or len(pair) != 2:
@@ -216,6 +241,45 @@ def make_plan(
         raise ValueError("the default split needs class_means (the mean logits of each class)")
     g1, g2 = two_means_split(class_means[present], present, seed)
     return DistancingPlan("split", (g1, g2), tuple(present), num_classes)
+
+
+def fit_selection(
+    xs: Tuple[Tensor, ...],
+    labels: Tensor,
+    logits: Tensor,
+    strategy: Dict[str, Any],
+    groups: Literal["label", "prediction"] = "label",
+    seed: int = 0,
+) -> Tuple[DistancingPlan, Tuple[Tensor, ...], Tensor, Tensor, Tensor]:
+    """The plan of ``strategy`` and the fit data of its classes.
+
+    Args:
+        xs: The fit images (a tuple: one tensor per model input).
+        labels: Their labels (model output indices).
+        logits: The model's ``(N, K)`` logits on them.
+        strategy: ``pair``, ``one_vs_all`` and ``split`` as in :func:`make_plan`.
+        groups: What puts an image in a class: ``"label"`` (its label, the paper's rule) or
+            ``"prediction"`` (the model's class among the plan's classes,
+            :meth:`DistancingPlan.predicted`). The images used are those whose label is among
+            the plan's classes either way.
+        seed: Seed of the 2-means default split.
+
+    Returns:
+        ``(plan, xs, labels, classes, logits)`` restricted to the images used; ``classes``
+        is what :meth:`DistancingPlan.targets` groups them by.
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"GAD needs a classifier with (N, K >= 2) logits, got output shape {tuple(logits.shape)}")
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model's logits on the data contain NaN or Inf")
+    k = logits.shape[1]
+    labels = labels.to(logits.device)
+    _check_labels(labels, len(labels), "GADWrapper.fit: y", k)  # before class_means indexes by them
+    plan = make_plan(labels, k, class_means=class_means(logits, labels, k), seed=seed, **strategy)
+    keep = plan.uses(labels)
+    classes = plan.predicted(logits) if groups == "prediction" else labels
+    keep_data = keep.to(xs[0].device)
+    return plan, tuple(x[keep_data] for x in xs), labels[keep], classes[keep], logits[keep]
 
 
 def class_means(logits: Tensor, labels: Tensor, k: int) -> Tensor:

@@ -12,8 +12,9 @@ from captum.attr import Attribution, LayerAttribution
 from torch import Tensor
 
 from captum_gradflow._common import TargetType, TensorOrTuple, format_inputs, format_output
+from captum_gradflow.gad.fusion import Reduce, fuse_maps
 
-__all__ = ["GADComponents", "all_maps", "upsample"]
+__all__ = ["GADComponents", "all_maps", "fuse_all", "upsample"]
 
 
 @dataclass
@@ -82,3 +83,26 @@ def upsample(attr: TensorOrTuple, xs: Tuple[Tensor, ...]) -> TensorOrTuple:
         mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(size), "nearest")
         out.append(a if tuple(a.shape[2:]) == size else LayerAttribution.interpolate(a, size, mode))
     return format_output(was_tuple, tuple(out))
+
+
+def fuse_all(
+    maps: Sequence[TensorOrTuple], q: float = 0.2, agreement: float = 1.0, reduce: Reduce = "sum_abs"
+) -> Tuple[TensorOrTuple, GADComponents]:
+    """Algorithm 2 on ``[A_0, ..., A_T]`` in the base method's form: each input tensor's maps
+    fused on their own (:func:`~captum_gradflow.gad.fuse_maps`), and the record of it.
+
+    Returns:
+        ``(A_0 * C, components)``, both in the form (tensor or tuple) of the maps.
+    """
+    parts, was_tuple = zip(*(format_inputs(m) for m in maps))
+    if len(set(was_tuple)) != 1 or len({len(p) for p in parts}) != 1:
+        raise ValueError("the wrapped method returned maps of different forms for different models")
+    form = lambda tensors: format_output(was_tuple[0], tuple(tensors))  # noqa: E731
+    fused = [fuse_maps([p[i] for p in parts], q, agreement, reduce) for i in range(len(parts[0]))]
+    components = GADComponents(
+        maps=[form(p) for p in parts],
+        masks=[form(f.masks[t] for f in fused) for t in range(len(maps))],
+        consistency=form(f.consistency for f in fused),
+        n_degenerate=int(sum(int(f.degenerate.sum()) for f in fused)),
+    )
+    return form(f.attribution for f in fused), components

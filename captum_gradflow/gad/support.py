@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from captum_gradflow.gad.distancing import DistancingPlan
+from captum_gradflow.training import _model_device
 
 __all__ = [
     "as_tensors",
     "find_model",
     "frozen_copy",
-    "predict_logits",
     "train_support_model",
     "make_support_models",
     "rebind",
@@ -115,14 +115,6 @@ def check_modules_in_model(method: Any, model: nn.Module) -> None:
     visit(method, set())
 
 
-def model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def frozen_copy(model: nn.Module) -> nn.Module:
     """Deep copy in eval mode without the user's hooks: the support models' starting point.
 
@@ -137,17 +129,6 @@ def frozen_copy(model: nn.Module) -> nn.Module:
             if hooks is not None:
                 hooks.clear()
     return copied
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, xs: Tuple[Tensor, ...], batch_size: int = 256) -> Tensor:
-    """Outputs of ``model`` on the device of the model, in batches, without gradients."""
-    device = model_device(model)
-    n = xs[0].shape[0]
-    out = [model(*(x[i:i + batch_size].to(device) for x in xs)) for i in range(0, n, batch_size)]
-    if not all(isinstance(o, Tensor) for o in out):
-        raise TypeError("the model must return a Tensor of logits")
-    return torch.cat(out)
 
 
 def train_support_model(
@@ -170,7 +151,7 @@ def train_support_model(
     Returns:
         The mean loss of each pass over the data (the last one possibly partial).
     """
-    device = model_device(model)
+    device = _model_device(model) or torch.device("cpu")
     params = [p for p in model.parameters() if p.is_floating_point()]
     if not params:
         raise ValueError("the model has no floating-point parameters to train")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from captum_gradflow.gad.config import GADConfig
+from captum_gradflow.gad.fusion import fuse_maps
 from captum_gradflow.gad.wrapper import GADWrapper
 from captum_gradflow.metrics import compare_region_sensitivity, region_complexity
 
@@ -51,17 +52,29 @@ def evaluate_gad(
     Returns medians over the images where each quantity is defined, the RS win rate and its
     one-sided paired Wilcoxon p, and the number of images.
     """
-    gad_maps, base_maps, kept = [], [], []
+    reduce = attribute_kwargs.pop("reduce", "sum_abs")
+    return _scores(gad, x, y, _all_maps(gad, x, y, batch_size, attribute_kwargs), q, agreement, reduce)
+
+
+def _all_maps(gad: GADWrapper, x: Tensor, y: Tensor, batch_size: int, kwargs: Dict[str, Any]) -> List[List[Tensor]]:
+    """``[A_0, ..., A_T]`` of every batch: what fusion settings (q, agreement) only re-fuse."""
+    out = []
     for i in range(0, len(x), batch_size):
-        attr, parts = gad.attribute(
-            x[i:i + batch_size], target=y[i:i + batch_size], q=q, agreement=agreement,
-            return_components=True, **attribute_kwargs,
-        )
-        base_top = parts.masks[0].flatten(1).sum(1).double()
-        kept.append(parts.consistency.flatten(1).sum(1).double() / base_top.where(base_top > 0, torch.nan))
-        gad_maps.append(attr.detach())
-        base_maps.append(parts.maps[0].detach())
-    gad_attr, base_attr = torch.cat(gad_maps), torch.cat(base_maps)
+        _, parts = gad.attribute(x[i:i + batch_size], target=y[i:i + batch_size], return_components=True, **kwargs)
+        out.append([m.detach() for m in parts.maps])
+    return out
+
+
+def _scores(gad: GADWrapper, x: Tensor, y: Tensor, maps: List[List[Tensor]], q: float = 0.2,
+            agreement: float = 1.0, reduce: Any = "sum_abs") -> Dict[str, float]:
+    """:func:`evaluate_gad`'s figures from the maps of every batch, fused at ``q``, ``agreement``."""
+    gad_maps, kept = [], []
+    for batch in maps:
+        fused = fuse_maps(batch, q, agreement, reduce)
+        base_top = fused.masks[0].flatten(1).sum(1).double()
+        kept.append(fused.consistency.flatten(1).sum(1).double() / base_top.where(base_top > 0, torch.nan))
+        gad_maps.append(fused.attribution)
+    gad_attr, base_attr = torch.cat(gad_maps), torch.cat([batch[0] for batch in maps])
     rc = region_complexity(gad_attr, base_attr, q=q).rc
     rs = compare_region_sensitivity(gad.model, x, gad_attr, base_attr, target=y, region_kwargs={"q": q})
     return {
@@ -103,8 +116,9 @@ def gad_sweep(
 
     Settings that change the support models (any :class:`GADConfig` field: ``delta`` or
     ``alphas`` (per group too), ``lr``, ``steps``, ``warm_start``, ``n_support``, ...) are
-    fitted once per combination; ``q`` and ``agreement`` in the grid only change fusion and
-    reuse the fit. Every method is explained with the same support models.
+    fitted once per combination; ``q`` and ``agreement`` in the grid only change fusion: the
+    ``T + 1`` maps of a fit are computed once per method and fused again for each. Every
+    method is explained with the same support models.
 
     Args:
         model: The trained classifier (not modified).
@@ -141,6 +155,7 @@ def gad_sweep(
     if not factories or not all(callable(f) for f in factories.values()):
         raise TypeError("method_factory must be a callable model -> Attribution, or a mapping of names to such")
     kwargs = {name: dict((attribute_kwargs or {}).get(name, {})) for name in factories}
+    reduces = {name: kwargs[name].pop("reduce", "sum_abs") for name in factories}  # a fusion setting
     x_eval, y_eval = eval_data if eval_data is not None else data
     points = _grid_points(grid)
     fit_keys = [k for k in grid if k not in _ATTRIBUTE_KEYS]
@@ -158,8 +173,9 @@ def gad_sweep(
         fit_s = time.perf_counter() - start
         for name in names:
             method_gad = gad if name == names[0] else gad.with_method(factories[name](model))
+            maps = _all_maps(method_gad, x_eval, y_eval, 64, kwargs[name])  # once per fit and method
             for p in group:
                 fusion = {k: p[k] for k in _ATTRIBUTE_KEYS if k in p}
-                scores = evaluate_gad(method_gad, x_eval, y_eval, **fusion, **kwargs[name])
+                scores = _scores(method_gad, x_eval, y_eval, maps, **fusion, reduce=reduces[name])
                 rows.append({**p, "method": name, **scores, "fit_s": fit_s})
     return pd.DataFrame(rows)
