@@ -242,8 +242,10 @@ def planes(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
         else:
             eq = hull_of(c, k, hulls).equations
             # Qhull gives one plane per triangle: coplanar triangles repeat a facet's plane
-            _, first = np.unique(np.round(eq, 9), axis=0, return_index=True)
-            hulls[key] = eq[np.sort(first)]
+            r = np.round(eq, 9)
+            order = np.lexsort(r.T[::-1])  # stable: the first of equal rows leads
+            new = np.r_[True, np.any(r[order[1:]] != r[order[:-1]], axis=1)]
+            hulls[key] = eq[np.sort(order[new])]
     return hulls[key]
 
 

@@ -123,15 +123,18 @@ def corners_against(
     comp, voxel = expand(c.start[uniq], c.count[uniq])
     row = np.r_[True, (np.diff(comp) != 0) | (np.diff(c.z[voxel]) != 0)
                 | (np.diff(c.y[voxel]) != 0)]
-    end = row | np.r_[row[1:], True]
-    voxel = voxel[end]
-    n_end = np.bincount(comp[end], minlength=len(uniq))
-    first = np.r_[0, np.cumsum(n_end)[:-1]]
-    entry, j = expand(first[inverse], n_end[inverse])
-    e, voxel = eq[entry], voxel[j]
-    # the plane's value at the voxel's corner (0, 0, 0), then per corner the normal's offsets
-    base = c.z[voxel] * e[:, 0] + c.y[voxel] * e[:, 1] + c.x[voxel] * e[:, 2] + e[:, 3]
-    d = base[:, None] + e[:, :3] @ CORNERS.T.astype(np.float64)
+    # a row's first voxel gives its corners at x, its last one those at x + 1
+    side = np.r_[voxel[row], voxel[np.r_[row[1:], True]]]
+    dx = np.repeat([0, 1], int(row.sum()))
+    order = np.argsort(np.r_[comp[row], comp[np.r_[row[1:], True]]], kind="stable")
+    side, dx = side[order], dx[order]
+    n_side = 2 * np.bincount(comp[row], minlength=len(uniq))
+    first = np.r_[0, np.cumsum(n_side)[:-1]]
+    entry, j = expand(first[inverse], n_side[inverse])
+    e, voxel, dx = eq[entry], side[j], dx[j]
+    # the plane at the row end's corner (0, 0, dx), then the four (z, y) offsets
+    base = c.z[voxel] * e[:, 0] + c.y[voxel] * e[:, 1] + (c.x[voxel] + dx) * e[:, 2] + e[:, 3]
+    d = base[:, None] + e[:, :2] @ CORNERS[::2, :2].T.astype(np.float64)
     n = len(comps)
     inside = np.bincount(entry, (d > EPS).any(1), n) == 0
     apart = np.bincount(entry, (d < -EPS).any(1), n) == 0
