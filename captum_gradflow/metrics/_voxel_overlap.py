@@ -85,22 +85,28 @@ def classify_pairs(
     is_box = c.count == np.prod(size, axis=1)
     inside = np.all((c.lo[small] >= c.lo[big]) & (c.hi[small] <= c.hi[big]), axis=1)
     apart = np.zeros(len(big), dtype=bool)
+    centre = c.lo[small] + size[small] / 2.0 - c.lo[big]  # the small box, relative to big's
     cut_pair, cut_eq = [], []
-    rows_of = np.flatnonzero(~is_box[big])
-    order = rows_of[np.argsort(big[rows_of], kind="stable")]
-    bounds = np.r_[0, np.flatnonzero(np.diff(big[order])) + 1, len(order)]
-    for lo_, hi_ in zip(bounds[:-1], bounds[1:]):
-        rows = order[lo_:hi_]
-        k, partners = int(big[rows[0]]), small[rows]
+    many = np.bincount(big[~is_box[big]], minlength=len(c)) >= 64
+    for k in np.flatnonzero(many):  # a large hull with many partners: one matrix product
+        rows = np.flatnonzero(big == k)
         eq = planes(c, k, hulls)
-        mid = (c.lo[partners] + size[partners] / 2.0 - c.lo[k]) @ eq[:, :3].T + eq[:, 3]
-        reach = (size[partners] / 2.0) @ np.abs(eq[:, :3]).T
+        mid = centre[rows] @ eq[:, :3].T + eq[:, 3]
+        reach = (size[small[rows]] / 2.0) @ np.abs(eq[:, :3]).T
         low, high = mid - reach, mid + reach  # (partners, planes) over each partner's box
         inside[rows] = np.all(high <= EPS, axis=1)
         apart[rows] = np.any(low >= -EPS, axis=1)
         r, f = np.nonzero((high > EPS) & (low < -EPS) & ~(inside | apart)[rows][:, None])
-        cut_pair.append(rows[r]), cut_eq.append(eq[f] + np.c_[np.zeros((len(f), 3)),
-                                                              eq[f, :3] @ -c.lo[k]])
+        cut_pair.append(rows[r]), cut_eq.append(_global(eq[f], c.lo[k]))
+    rest = np.flatnonzero(~is_box[big] & ~many[big])  # the others: all (pair, plane) at once
+    eq, first, n = ragged_planes(c, big[rest], hulls)
+    owner, plane = expand(first, n)
+    low, high = box_extremes(eq[plane], centre[rest][owner], (size[small[rest]] / 2.0)[owner])
+    inside[rest] = np.bincount(owner, high > EPS, len(rest)) == 0
+    apart[rest] = np.bincount(owner, low >= -EPS, len(rest)) > 0
+    cut = (high > EPS) & (low < -EPS) & ~(inside | apart)[rest][owner]
+    cut_pair.append(rest[owner[cut]])
+    cut_eq.append(_global(eq[plane[cut]], c.lo[big[rest[owner[cut]]]]))
     if cut_pair and sum(map(len, cut_pair)):
         pair, eq = np.concatenate(cut_pair), np.concatenate(cut_eq)
         inside_cut, apart_cut = corners_against(c, small[pair], eq)
@@ -108,6 +114,11 @@ def classify_pairs(
         inside[open_pairs] = np.bincount(pair, ~inside_cut, len(big))[open_pairs] == 0
         apart[open_pairs] = np.bincount(pair, apart_cut, len(big))[open_pairs] > 0
     return inside, apart
+
+
+def _global(eq: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Planes ``eq`` given relative to ``origin`` (one point, or one per plane), globally."""
+    return np.c_[eq[:, :3], eq[:, 3] - (eq[:, :3] * origin).sum(-1)]
 
 
 def corners_against(
