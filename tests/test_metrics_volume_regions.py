@@ -212,9 +212,12 @@ def test_union_of_random_overlapping_hulls_against_brute_force_sampling():
     assert overlapping >= 3  # the sampled correction was exercised
 
 
-def test_union_of_a_large_hull_and_small_ones_around_its_boundary():
+def test_union_of_a_large_hull_and_small_ones_around_its_boundary(monkeypatch):
     """Like attribution maps: one large irregular component (a hull with many facets) and
-    scattered voxels near its boundary, some inside its hull, some sticking out of it."""
+    scattered voxels near its boundary, some inside its hull, some sticking out of it.
+    Halving the boxes that many planes cross (here: every box, twice) changes nothing."""
+    from captum_gradflow.metrics import _voxel_overlap
+
     rng = np.random.default_rng(11)
     p = np.indices((14, 14, 14)).reshape(3, -1).T
     r2 = ((p - [6.5, 7.0, 6.0]) ** 2 * [1.0, 0.6, 1.4]).sum(1)
@@ -231,6 +234,12 @@ def test_union_of_a_large_hull_and_small_ones_around_its_boundary():
                                     supersampling=s)
             assert r.n_regions.item() > 10
             assert r.area.item() == pytest.approx(expected, abs=1e-9)
+            with monkeypatch.context() as m:
+                m.setattr(_voxel_overlap, "MANY_PLANES", 0)
+                m.setattr(_voxel_overlap, "SPLITS", 2)
+                halved = attribution_regions(torch.from_numpy(kept[None, None] * 1.0),
+                                             threshold=0.0, supersampling=s)
+            assert halved.area.item() == r.area.item()
 
 
 def components_of(kept: np.ndarray) -> VoxelComponents:

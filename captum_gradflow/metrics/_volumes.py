@@ -66,7 +66,8 @@ def components(labels: np.ndarray, n_labels: int, depth: int) -> VoxelComponents
     flat = labels.ravel()
     idx = np.flatnonzero(flat)
     lab = flat[idx].astype(I64)
-    order = np.argsort(lab, kind="stable")  # stable: raster order inside a label
+    # stable: raster order inside a label; 16-bit labels sort by radix
+    order = np.argsort(lab.astype(np.uint16) if n_labels < 2 ** 16 else lab, kind="stable")
     idx, lab = idx[order], lab[order]
     zz, y, x = np.unravel_index(idx, labels.shape)
     count = np.bincount(lab, minlength=n_labels + 1)[1:].astype(I64)

@@ -24,6 +24,9 @@ from captum_gradflow.metrics._volumes import (
     CORNERS, EPS, I64, VoxelComponents, box_pairs, expand, planes,
 )
 
+MANY_PLANES = 24  # a box cut by more planes is halved (``_halve``), SPLITS times at most
+SPLITS = 1
+
 
 def overlap_corrections(
     c: VoxelComponents, volume: np.ndarray, n_examples: int, depth: int,
@@ -227,22 +230,28 @@ def box_rows(
     is_box = c.count == np.prod(c.hi - c.lo + 1, axis=1)
     eq, first, n = ragged_planes(c, hull, hulls)
     owner, plane = expand(first, n)
-    centre = box_lo[owner] - c.lo[hull[owner]] + box_size[owner] / 2.0
-    _, high = box_extremes(eq[plane], centre, box_size[owner] / 2.0 - 0.5 + half)
-    cuts = (high >= -EPS) & ~is_box[hull[owner]]
-    owner, plane = owner[cuts], plane[cuts]
-    slot = np.arange(len(owner)) - np.searchsorted(owner, owner)  # rank among its box's planes
+    keep = ~is_box[hull[owner]]
+    owner, plane = _prune(c, hull, box_lo, box_size, eq[plane[keep]], owner[keep], plane[keep], half)
+    for _ in range(SPLITS):
+        hull, box_lo, box_size, owner, plane = _halve(hull, box_lo, box_size, owner, plane)
+        owner, plane = _prune(c, hull, box_lo, box_size, eq[plane], owner, plane, half)
     shapes, group = np.unique(box_size, axis=0, return_inverse=True)
+    by_group = np.argsort(group, kind="stable")  # boxes of one shape, then their planes,
+    rank = np.empty_like(by_group)  # in contiguous runs
+    rank[by_group] = np.arange(len(by_group))
+    order = np.argsort(rank[owner], kind="stable")
+    owner, plane = rank[owner[order]], plane[order]
+    hull, box_lo, group = hull[by_group], box_lo[by_group], group[by_group]
+    slot = np.arange(len(owner)) - np.searchsorted(owner, owner)  # rank among its box's planes
+    e_bounds = np.searchsorted(group, np.arange(len(shapes) + 1))
+    p_bounds = np.searchsorted(owner, e_bounds)
     parts = []
     for g, sz in enumerate(shapes):
-        ents = np.flatnonzero(group == g)
-        where = np.full(len(hull), -1)
-        where[ents] = np.arange(len(ents))
-        mine = where[owner] >= 0
-        pad = np.zeros((len(ents), max(int(slot[mine].max(initial=0)) + 1, 1), 4))
+        e0, e1, p0, p1 = e_bounds[g], e_bounds[g + 1], p_bounds[g], p_bounds[g + 1]
+        pad = np.zeros((e1 - e0, max(int(slot[p0:p1].max(initial=0)) + 1, 1), 4))
         pad[..., 3] = -1.0
-        pad[where[owner[mine]], slot[mine]] = eq[plane[mine]]
-        parts.append(_box_group(c, hull[ents], box_lo[ents], sz, pad, half, depth, shape))
+        pad[owner[p0:p1] - e0, slot[p0:p1]] = eq[plane[p0:p1]]
+        parts.append(_box_group(c, hull[e0:e1], box_lo[e0:e1], sz, pad, half, depth, shape))
     gid, state, key, n_row, dist, normal, row = (
         [p[i] for p in parts] for i in range(7))
     offset = np.r_[0, np.cumsum([len(x) for x in gid])[:-1]]
@@ -254,6 +263,47 @@ def box_rows(
     sel = keep[row]
     return (np.concatenate(gid)[keep], np.concatenate(state)[keep], new_index[row[sel]],
             np.concatenate(dist)[sel], np.concatenate(normal)[sel])
+
+
+def _prune(
+    c: VoxelComponents, hull: np.ndarray, box_lo: np.ndarray, box_size: np.ndarray,
+    eq: np.ndarray, owner: np.ndarray, plane: np.ndarray, half: float,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Of the entries ``(owner, plane)`` (plane equations ``eq``), those whose plane cuts the
+    sample points of box ``owner`` (a half-space that holds them all excludes nothing)."""
+    centre = box_lo[owner] - c.lo[hull[owner]] + box_size[owner] / 2.0
+    _, high = box_extremes(eq, centre, box_size[owner] / 2.0 - 0.5 + half)
+    return owner[high >= -EPS], plane[high >= -EPS]
+
+
+def _halve(
+    hull: np.ndarray, box_lo: np.ndarray, box_size: np.ndarray, owner: np.ndarray,
+    plane: np.ndarray,
+) -> Tuple[np.ndarray, ...]:
+    """Boxes cut by more than ``MANY_PLANES`` planes, halved along each axis of two or more
+    voxels; each part starts from its box's planes (entries ``(owner, plane)``, by owner).
+    Near a large hull's boundary many facet planes cross a box, few cross each part."""
+    n_cut = np.bincount(owner, minlength=len(hull))
+    split = (n_cut > MANY_PLANES) & (box_size.max(1) >= 2)
+    if not split.any():
+        return hull, box_lo, box_size, owner, plane
+    parent = np.flatnonzero(split)
+    full = box_size[parent][:, None, :]
+    low = np.where(full < 2, full, full // 2)  # the first part; a 1-voxel axis stays whole
+    size = np.where(CORNERS[None] == 0, low, full - low).reshape(-1, 3)
+    lo = (box_lo[parent][:, None, :] + CORNERS[None] * low).reshape(-1, 3)
+    part = (size > 0).all(1)
+    child = np.repeat(parent, 8)[part]
+    stay = np.flatnonzero(~split)
+    where = np.full(len(hull), -1)
+    where[stay] = np.arange(len(stay))
+    kept = where[owner] >= 0
+    # a part's planes are its box's: each box's entries are one block of (owner, plane)
+    _, idx = expand(np.searchsorted(owner, child), n_cut[child])
+    n_child = np.repeat(np.arange(len(child)), n_cut[child])
+    return (np.r_[hull[stay], hull[child]], np.r_[box_lo[stay], lo[part]],
+            np.r_[box_size[stay], size[part]], np.r_[where[owner[kept]], len(stay) + n_child],
+            np.r_[plane[kept], plane[idx]])
 
 
 def _box_group(
