@@ -8,7 +8,10 @@ sheet).
 Speed. Only points that can be hull vertices go to Qhull: of the cube corners on each line
 parallel to x, the two extremes (read off a grid of the components' row ends). Components
 whose hull is known in closed form skip Qhull: a component that fills its bounding box is
-that box, and two to four voxels give a Minkowski sum with the unit cube.
+that box; two to four voxels, and components one voxel thick along an axis (a polygon in
+that slice), give a Minkowski sum with the unit cube (``closed_form_volumes``). On the
+benchmark's attribution maps about two fifths of the components that would go to Qhull
+are flat.
 
 Union. Measured in ``_voxel_overlap``: exact where hulls do not overlap, on the voxel grid
 where they do.

@@ -10,9 +10,12 @@ intersection and only against its facet planes that cut that box; voxels whose p
 all inside (or all outside) a hull count whole, the others are sampled. Hulls that only
 touch remove nothing, so the union of disjoint hulls stays exact.
 
-Speed. All pairs, boxes and planes are handled as flat arrays (a ragged list of planes per
-hull, expanded with ``np.repeat``) rather than in Python loops; a plane's extreme value
-over a box is read off its centre and half-extents instead of its eight corners.
+Speed. Pairs, boxes and planes are handled as flat arrays (a ragged list of planes per
+hull, expanded with ``np.repeat``) rather than one pair or box at a time; a plane's extreme
+value over a box is read off its centre and half-extents instead of its eight corners;
+boxes of one shape are evaluated together; a box crossed by many planes of a large hull is
+halved first, since each half is crossed by fewer of them. None of this changes a value:
+every shortcut drops only planes that cannot decide any sample point.
 """
 from __future__ import annotations
 
