@@ -290,3 +290,30 @@ def test_hull_volumes_of_small_random_components_and_translated_copies(box):
     assert by_example[0] == by_example[1]
     size = c.hi - c.lo + 1
     assert len(np.unique(c.count.clip(max=6))) == 6 and (size.min(1) == 1).any()
+
+
+def test_solid_components_without_qhull_match_qhull():
+    """Facets holding lattice points inside them or along their edges, a line that is not
+    along an axis, random blobs: from their extreme voxels alone; a flat diagonal component
+    is left to Qhull."""
+    rng = np.random.default_rng(5)
+    p = np.indices((6, 6, 6)).reshape(3, -1).T
+    shapes = [
+        p[(p < 4).all(1) & ~(p == 0).all(1)],  # a 4^3 block less one corner voxel
+        p[((p - 2.5) ** 2).sum(1) <= 6.5],  # a ball
+        p[p.sum(1) <= 4],  # a staircase tetrahedron
+        np.array([[i, i, i] for i in range(6)]),  # a line along no axis
+    ] + [p[(p < 4).all(1) & (rng.random(len(p)) < 0.6)] for _ in range(6)]
+    flat = p[(p.sum(1) == 5) & (p < 4).all(1)]  # one plane, along no axis
+    kept = np.zeros((len(shapes) + 1, 8, 8, 8), dtype=bool)
+    for e, voxels in enumerate(shapes + [flat]):
+        kept[(e,) + tuple((voxels + 1).T)] = True
+    c = components_of(kept)
+    volume, known = closed_form_volumes(c)
+    assert len(c) == len(shapes) + 1  # one component each
+    # the ball and some blobs have more than 16 extreme voxels: Qhull
+    assert known[:4].tolist() == [True, False, True, True] and known[4:-1].sum() >= 3
+    assert not known[-1]
+    expected = np.array([brute_hull_volume(c.voxels(k)) for k in range(len(c))])
+    assert np.allclose(volume[known], expected[known], rtol=0, atol=1e-9)
+    assert volume[3] == pytest.approx(1 + 3 * 5, abs=1e-12)

@@ -24,6 +24,8 @@ from typing import Tuple
 import numpy as np
 from scipy.spatial import ConvexHull
 
+from captum_gradflow.metrics._voxel_hulls import expand, solid_volumes
+
 I64 = np.int64
 EPS = 1e-9
 FLAT_ROWS = 32  # flat components up to this extent: closed form (cost grows as its cube)
@@ -55,13 +57,6 @@ class VoxelComponents:
         """``(count, 3)`` voxel coordinates ``(z, y, x)`` of component ``k``."""
         s = slice(self.start[k], self.start[k] + self.count[k])
         return np.stack([self.z[s], self.y[s], self.x[s]], 1)
-
-
-def expand(first: np.ndarray, n: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """For blocks ``[first[i], first[i] + n[i])``: the block of each element and its index."""
-    owner = np.repeat(np.arange(len(n)), n)
-    start = np.r_[0, np.cumsum(n)[:-1]]
-    return owner, first[owner] + np.arange(int(n.sum())) - start[owner]
 
 
 def components(labels: np.ndarray, n_labels: int, depth: int) -> VoxelComponents:
@@ -152,6 +147,8 @@ def closed_form_volumes(c: VoxelComponents) -> Tuple[np.ndarray, np.ndarray]:
     volume[flat] = flat_volumes(c, flat)
     known = is_box | small
     known[flat] = True
+    solid = np.flatnonzero(~known)
+    volume[solid], known[solid] = solid_volumes(c, solid)
     return volume, known
 
 

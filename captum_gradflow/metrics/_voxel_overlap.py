@@ -23,9 +23,8 @@ from typing import Tuple
 
 import numpy as np
 
-from captum_gradflow.metrics._volumes import (
-    CORNERS, EPS, I64, VoxelComponents, box_pairs, expand, planes,
-)
+from captum_gradflow.metrics._volumes import CORNERS, EPS, I64, VoxelComponents, box_pairs, planes
+from captum_gradflow.metrics._voxel_hulls import expand
 
 MANY_PLANES = 24  # a box cut by more planes is halved (``_halve``), SPLITS times at most
 SPLITS = 1
