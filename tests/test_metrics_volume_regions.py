@@ -317,3 +317,23 @@ def test_solid_components_without_qhull_match_qhull():
     expected = np.array([brute_hull_volume(c.voxels(k)) for k in range(len(c))])
     assert np.allclose(volume[known], expected[known], rtol=0, atol=1e-9)
     assert volume[3] == pytest.approx(1 + 3 * 5, abs=1e-12)
+
+
+def test_small_hull_planes_are_qhulls_facet_planes():
+    """Planes built from extreme voxels (Minkowski sum with the cube) against Qhull's facet
+    planes of all corners, on random components: lines, flat ones, solid ones."""
+    from captum_gradflow.metrics._voxel_hulls import small_hull_planes
+
+    kept = np.random.default_rng(0).random((3, 14, 14, 14)) < 0.12
+    c = components_of(kept)
+    ours = small_hull_planes(c, np.arange(len(c)))
+    size = c.hi - c.lo + 1
+    tested = set()
+    for k, eq in ours.items():
+        if c.count[k] == np.prod(size[k]):
+            continue
+        pts = (c.voxels(k) - c.lo[k])[:, None] + CORNERS
+        ref = ConvexHull(pts.reshape(-1, 3).astype(float)).equations
+        assert set(map(tuple, np.round(eq, 9))) == set(map(tuple, np.round(ref, 9)))
+        tested.add((min(int(c.count[k]), 5), bool(size[k].min() == 1)))
+    assert {(2, False), (5, False)} <= tested and any(flat for _, flat in tested)

@@ -1,4 +1,4 @@
-"""Exact hull volumes of many small solid voxel components at once, without Qhull.
+"""Exact hull volumes and facet planes of many small voxel components at once, without Qhull.
 
 A component's hull is the hull ``P`` of its voxel positions plus the unit cube, of volume
 ``vol(P) + sum_i A_i + sum_i w_i + 1`` (``_volumes.closed_form_volumes``). Here ``P`` is
@@ -10,8 +10,9 @@ agree). A facet's polygon is the facet's points that lie on a second facet (the 
 inside the polygon), ordered by angle about their centroid. With integer normals ``N``,
 projected doubled areas ``a`` (dropping the axis ``j`` where ``|N_j|`` is largest) and
 offsets ``d = N . p``, ``vol(P) = sum a d / (6 |N_j|)`` and ``A_i = sum a |N_i| / (4 |N_j|)``:
-integer arithmetic up to the final divisions. Each Qhull call costs ~60 us of fixed overhead
-on a handful of points; this costs ``m^4 / 6`` operations per component, in bulk.
+integer arithmetic up to the final divisions. Facet planes (for the union, ``_voxel_overlap``)
+come from the same points (``small_hull_planes``). Each Qhull call costs ~60 us of fixed
+overhead on a handful of points; this costs ``m^4 / 6`` operations per component, in bulk.
 """
 from __future__ import annotations
 
@@ -123,3 +124,67 @@ def _polygon_areas(points: np.ndarray, rim: np.ndarray, drop: np.ndarray) -> np.
     uv = np.where(past[..., None], uv[:, :1], uv)
     nxt = np.roll(uv, -1, axis=1)
     return np.abs((uv[..., 0] * nxt[..., 1] - uv[..., 1] * nxt[..., 0]).sum(1))
+
+
+def small_hull_planes(c: VoxelComponents, ks: np.ndarray) -> dict:
+    """Facet planes of the hulls of components ``ks`` (relative to each one's box, unit
+    normals pointing out, ``n . p + d <= 0`` inside), for those with at most
+    ``MAX_VOXELS`` voxels and ``MAX_POINTS`` extreme ones: ``{k: (F, 4) array}``.
+
+    The hull is ``P`` plus the unit cube; a facet normal of such a Minkowski sum is a facet
+    normal of ``P`` or of the cube, or normal to an edge of each. Candidates: the normals of
+    triples of extreme voxels whose plane holds them all on one side, the axes, and each
+    difference of two extreme voxels crossed with each axis. A candidate ``u`` is kept where
+    the hull's face ``{p : u . p = max}`` (``P``'s face plus the cube's) spans a plane.
+    """
+    ks = ks[c.count[ks] <= MAX_VOXELS]
+    if len(ks) == 0:
+        return {}
+    entry, pts = extreme_points(c, ks)
+    m = np.bincount(entry, minlength=len(ks))
+    first = np.r_[0, np.cumsum(m)[:-1]]
+    out = {}
+    for n in np.unique(m[m <= MAX_POINTS]):
+        mine = np.flatnonzero(m == n)
+        q = pts[first[mine][:, None] + np.arange(n)]  # (G, n, 3)
+        for g, eq in zip(ks[mine].tolist(), _minkowski_planes(q)):
+            out[g] = eq
+    return out
+
+
+def _minkowski_planes(q: np.ndarray) -> list:
+    """Per ``(n, 3)`` point set of ``q``, the facet planes of its hull plus the unit cube."""
+    g, n = q.shape[:2]
+    axes = np.eye(3, dtype=I64)
+    pair = np.array(list(itertools.combinations(range(n), 2)), dtype=I64).reshape(-1, 2)
+    diff = q[:, pair[:, 1]] - q[:, pair[:, 0]]  # (G, P, 3)
+    cand = [np.broadcast_to(np.r_[axes, -axes], (g, 6, 3))]
+    cand.append(np.cross(diff[:, :, None, :], axes[None, None]).reshape(g, -1, 3))
+    if n >= 3:
+        tri = np.array(list(itertools.combinations(range(n), 3)))
+        p0 = q[:, tri[:, 0]]
+        cand.append(np.cross(q[:, tri[:, 1]] - p0, q[:, tri[:, 2]] - p0))
+    u = np.concatenate(cand, 1)
+    u = np.concatenate([u, -u[:, 6:]], 1)  # both signs of the edge and triple normals
+    value = np.einsum("gud,gnd->gun", u, q)
+    top = value.max(-1)
+    face = value == top[..., None]  # P's points on the supporting plane
+    # the face's directions: from its first point to the others, and the axes u is normal to
+    base = np.take_along_axis(q[:, None].repeat(u.shape[1], 1),
+                              np.argmax(face, -1)[..., None, None], 2)
+    dirs = np.where(face[..., None], q[:, None] - base, 0)
+    dirs = np.concatenate([dirs, np.where((u == 0)[..., None], axes, 0)], 2)  # (G, U, n+3, 3)
+    lead = np.take_along_axis(dirs, np.argmax(dirs.any(-1), -1)[..., None, None], 2)
+    flat2 = np.cross(lead, dirs).any(-1).any(-1) & u.any(-1)
+    offset = top + np.maximum(u, 0).sum(-1)
+    gi, ui = np.nonzero(flat2)
+    u, offset = u[gi, ui], offset[gi, ui]
+    div = np.gcd.reduce(np.abs(u), axis=1)
+    u, offset = u // div[:, None], offset // div  # the same plane, whatever the candidate
+    order = np.lexsort((u[:, 2], u[:, 1], u[:, 0], gi))
+    u, offset, gi = u[order], offset[order], gi[order]
+    new = np.r_[True, (gi[1:] != gi[:-1]) | np.any(u[1:] != u[:-1], axis=1)]
+    u, offset, gi = u[new].astype(np.float64), offset[new].astype(np.float64), gi[new]
+    norm = np.sqrt((u ** 2).sum(1))
+    eq = np.c_[u / norm[:, None], -offset / norm]
+    return np.split(eq, np.searchsorted(gi, np.arange(1, g)))

@@ -24,7 +24,7 @@ from typing import Tuple
 import numpy as np
 
 from captum_gradflow.metrics._volumes import CORNERS, EPS, I64, VoxelComponents, box_pairs, planes
-from captum_gradflow.metrics._voxel_hulls import expand
+from captum_gradflow.metrics._voxel_hulls import expand, small_hull_planes
 
 MANY_PLANES = 24  # a box cut by more planes is halved (``_halve``), SPLITS times at most
 SPLITS = 1
@@ -63,6 +63,9 @@ def ragged_planes(c: VoxelComponents, ks: np.ndarray, hulls: dict) -> Tuple[np.n
     """The facet planes of the hulls ``ks`` in one ``(F, 4)`` array, and per entry of ``ks``
     the first row and the number of its planes (a hull listed twice shares its rows)."""
     uniq, inverse = np.unique(ks, return_inverse=True)
+    todo = [k for k in uniq.tolist() if ("planes", k) not in hulls]
+    for k, eq in small_hull_planes(c, np.array(todo, dtype=I64)).items():
+        hulls[("planes", k)] = eq  # in bulk, without Qhull
     eqs = [planes(c, int(k), hulls) for k in uniq]
     n = np.array([len(e) for e in eqs], dtype=I64)
     first = np.r_[0, np.cumsum(n)[:-1]].astype(I64)
