@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # _volumes imports this module
 I64 = np.int64
 MAX_POINTS = 16  # components with more extreme points go to Qhull (cost grows as m^4)
 MAX_VOXELS = 128  # larger components are not even searched for their extreme points
+PLANE_POINTS = 8  # facet planes of components with more extreme points come from Qhull
 
 
 def expand(first: np.ndarray, n: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -144,7 +145,7 @@ def small_hull_planes(c: VoxelComponents, ks: np.ndarray) -> dict:
     m = np.bincount(entry, minlength=len(ks))
     first = np.r_[0, np.cumsum(m)[:-1]]
     out = {}
-    for n in np.unique(m[m <= MAX_POINTS]):
+    for n in np.unique(m[m <= PLANE_POINTS]):
         mine = np.flatnonzero(m == n)
         q = pts[first[mine][:, None] + np.arange(n)]  # (G, n, 3)
         for g, eq in zip(ks[mine].tolist(), _minkowski_planes(q)):
@@ -157,34 +158,34 @@ def _minkowski_planes(q: np.ndarray) -> list:
     g, n = q.shape[:2]
     axes = np.eye(3, dtype=I64)
     pair = np.array(list(itertools.combinations(range(n), 2)), dtype=I64).reshape(-1, 2)
-    diff = q[:, pair[:, 1]] - q[:, pair[:, 0]]  # (G, P, 3)
-    cand = [np.broadcast_to(np.r_[axes, -axes], (g, 6, 3))]
-    cand.append(np.cross(diff[:, :, None, :], axes[None, None]).reshape(g, -1, 3))
-    if n >= 3:
+    edge = np.cross((q[:, pair[:, 1]] - q[:, pair[:, 0]])[:, :, None, :], axes).reshape(g, -1, 3)
+    cand = [np.broadcast_to(np.r_[axes, -axes], (g, 6, 3)), edge, -edge]
+    if n >= 3:  # the outward normals of triples whose plane holds all points on one side
         tri = np.array(list(itertools.combinations(range(n), 3)))
         p0 = q[:, tri[:, 0]]
-        cand.append(np.cross(q[:, tri[:, 1]] - p0, q[:, tri[:, 2]] - p0))
+        normal = np.cross(q[:, tri[:, 1]] - p0, q[:, tri[:, 2]] - p0)
+        side = np.einsum("gtd,gnd->gtn", normal, q) - (normal * p0).sum(-1)[..., None]
+        cand += [np.where((side <= 0).all(-1)[..., None], normal, 0),
+                 np.where((side >= 0).all(-1)[..., None], -normal, 0)]
     u = np.concatenate(cand, 1)
-    u = np.concatenate([u, -u[:, 6:]], 1)  # both signs of the edge and triple normals
-    value = np.einsum("gud,gnd->gun", u, q)
-    top = value.max(-1)
-    face = value == top[..., None]  # P's points on the supporting plane
-    # the face's directions: from its first point to the others, and the axes u is normal to
-    base = np.take_along_axis(q[:, None].repeat(u.shape[1], 1),
-                              np.argmax(face, -1)[..., None, None], 2)
-    dirs = np.where(face[..., None], q[:, None] - base, 0)
-    dirs = np.concatenate([dirs, np.where((u == 0)[..., None], axes, 0)], 2)  # (G, U, n+3, 3)
-    lead = np.take_along_axis(dirs, np.argmax(dirs.any(-1), -1)[..., None, None], 2)
-    flat2 = np.cross(lead, dirs).any(-1).any(-1) & u.any(-1)
-    offset = top + np.maximum(u, 0).sum(-1)
-    gi, ui = np.nonzero(flat2)
-    u, offset = u[gi, ui], offset[gi, ui]
-    div = np.gcd.reduce(np.abs(u), axis=1)
-    u, offset = u // div[:, None], offset // div  # the same plane, whatever the candidate
+    gi, ui = np.nonzero(u.any(-1))
+    u = u[gi, ui] // np.gcd.reduce(np.abs(u[gi, ui]), axis=1)[:, None]  # one per direction
     order = np.lexsort((u[:, 2], u[:, 1], u[:, 0], gi))
-    u, offset, gi = u[order], offset[order], gi[order]
+    u, gi = u[order], gi[order]
     new = np.r_[True, (gi[1:] != gi[:-1]) | np.any(u[1:] != u[:-1], axis=1)]
-    u, offset, gi = u[new].astype(np.float64), offset[new].astype(np.float64), gi[new]
+    u, gi = u[new], gi[new]
+    pts = q[gi]  # (C, n, 3)
+    value = (u[:, None, :] * pts).sum(-1)
+    top = value.max(1)
+    face = value == top[:, None]  # the points on the supporting plane
+    # the face's directions: from its first point to the others, and the axes u is normal to
+    base = pts[np.arange(len(u)), np.argmax(face, 1)]
+    dirs = np.where(face[..., None], pts - base[:, None], 0)
+    dirs = np.concatenate([dirs, np.where((u == 0)[..., None], axes, 0)], 1)
+    lead = dirs[np.arange(len(u)), np.argmax(dirs.any(-1), 1)]
+    facet = np.cross(lead[:, None], dirs).any(-1).any(-1)  # the face spans a plane
+    u, gi = u[facet], gi[facet]
+    offset = top[facet] + np.maximum(u, 0).sum(1)  # the cube adds its corner furthest along u
     norm = np.sqrt((u ** 2).sum(1))
     eq = np.c_[u / norm[:, None], -offset / norm]
     return np.split(eq, np.searchsorted(gi, np.arange(1, g)))
