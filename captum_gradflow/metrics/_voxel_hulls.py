@@ -2,7 +2,8 @@
 
 A component's hull is the hull ``P`` of its voxel positions plus the unit cube, of volume
 ``vol(P) + sum_i A_i + sum_i w_i + 1`` (``_volumes.closed_form_volumes``). Here ``P`` is
-solid (not flat) and has few extreme points: only voxels that are the first or last of
+not flat (a flat one goes to Qhull; a line has no facet and ``vol(P) = A_i = 0``) and has
+few extreme points: only voxels that are the first or last of
 their component along all three axis-parallel lines through them can be vertices of ``P``.
 Among those ``m`` points, every triple whose plane holds all points on one side spans a
 supporting plane; a facet is the set of points on such a plane (so triples of one facet
