@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Tuple
 
 import numpy as np
 import pytest
@@ -9,6 +10,13 @@ import torch
 from scipy.spatial import ConvexHull
 
 from captum_gradflow.metrics import VolumeRegions, attribution_regions, region_complexity
+from captum_gradflow.metrics._volumes import (
+    VoxelComponents,
+    closed_form_volumes,
+    components,
+    hull_volumes,
+)
+from captum_gradflow.metrics.volume_regions import label_volumes
 from captum_gradflow.visualization.volumes import plane_section
 
 CORNERS = np.array(list(itertools.product((0, 1), repeat=3)))
@@ -165,36 +173,167 @@ def test_closed_forms_and_qhull_agree_with_all_corners_on_random_components():
     assert {1, 2, 3, 4, 5} <= seen  # every closed form and Qhull were exercised
 
 
-def test_union_of_random_overlapping_hulls_against_brute_force_sampling():
-    """Union volume = exact volumes of the hulls not inside another, minus (m - 1) / s^3
-    for every sub-voxel centre of the whole volume strictly inside m of them."""
+def brute_union_volume(kept: np.ndarray, s: int) -> Tuple[float, bool]:
+    """Independent union volume of one volume's hulls: exact volumes of the hulls not inside
+    another, minus (m - 1) / s^3 for every sub-voxel centre of the whole volume strictly
+    inside m of them; and whether any point was inside two."""
     from skimage.measure import label
 
+    labels = label(kept, connectivity=3)
+    hulls = [
+        ConvexHull(((np.argwhere(labels == k)[:, None] + CORNERS).reshape(-1, 3)).astype(float))
+        for k in range(1, labels.max() + 1)
+    ]
+    axes = [(np.arange(n * s) + 0.5) / s for n in kept.shape]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+    def inside(hull, pts, tol):
+        return np.all(pts @ hull.equations[:, :3].T + hull.equations[:, 3] < tol, axis=1)
+
+    top = [
+        h for i, h in enumerate(hulls)
+        if not any(j != i and inside(g, h.points[h.vertices], 1e-9).all()
+                   for j, g in enumerate(hulls))
+    ]
+    m = sum(inside(h, points, -1e-9).astype(int) for h in top)
+    return sum(h.volume for h in top) - np.maximum(m - 1, 0).sum() / s ** 3, bool((m > 1).any())
+
+
+def test_union_of_random_overlapping_hulls_against_brute_force_sampling():
     rng = np.random.default_rng(3)
-    s, size = 2, 9
-    sub = (np.arange(size * s) + 0.5) / s
-    points = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)
     overlapping = 0
     for _ in range(6):
-        kept = rng.random((size,) * 3) < 0.25
-        labels = label(kept, connectivity=3)
-        hulls = [
-            ConvexHull(((np.argwhere(labels == k)[:, None] + CORNERS).reshape(-1, 3)).astype(float))
-            for k in range(1, labels.max() + 1)
-        ]
-
-        def inside(hull, pts, tol):
-            return np.all(pts @ hull.equations[:, :3].T + hull.equations[:, 3] < tol, axis=1)
-
-        top = [
-            h for i, h in enumerate(hulls)
-            if not any(j != i and inside(g, h.points[h.vertices], 1e-9).all()
-                       for j, g in enumerate(hulls))
-        ]
-        m = sum(inside(h, points, -1e-9).astype(int) for h in top)
-        expected = sum(h.volume for h in top) - np.maximum(m - 1, 0).sum() / s ** 3
-        overlapping += int((m > 1).any())
+        kept = rng.random((9, 9, 9)) < 0.25
+        expected, overlaps = brute_union_volume(kept, 2)
+        overlapping += overlaps
         r = attribution_regions(torch.from_numpy(kept[None, None] * 1.0), threshold=0.0,
-                                supersampling=s)
+                                supersampling=2)
         assert r.area.item() == pytest.approx(expected, abs=1e-9)
     assert overlapping >= 3  # the sampled correction was exercised
+
+
+def test_union_of_a_large_hull_and_small_ones_around_its_boundary(monkeypatch):
+    """Like attribution maps: one large irregular component (a hull with many facets) and
+    scattered voxels near its boundary, some inside its hull, some sticking out of it.
+    Halving the boxes that many planes cross (here: every box, twice) changes nothing."""
+    from captum_gradflow.metrics import _voxel_overlap
+
+    rng = np.random.default_rng(11)
+    p = np.indices((14, 14, 14)).reshape(3, -1).T
+    r2 = ((p - [6.5, 7.0, 6.0]) ** 2 * [1.0, 0.6, 1.4]).sum(1)
+    for trial in range(2):
+        kept = np.zeros((14, 14, 14), dtype=bool)
+        blob = p[(r2 <= 20) & (rng.random(len(p)) < 0.9)]
+        kept[tuple(blob.T)] = True
+        shell = p[(r2 > 22) & (r2 < 50) & (rng.random(len(p)) < 0.12)]
+        kept[tuple(shell.T)] = True
+        for s in (2, 3):
+            expected, overlaps = brute_union_volume(kept, s)
+            assert overlaps
+            r = attribution_regions(torch.from_numpy(kept[None, None] * 1.0), threshold=0.0,
+                                    supersampling=s)
+            assert r.n_regions.item() > 10
+            assert r.area.item() == pytest.approx(expected, abs=1e-9)
+            with monkeypatch.context() as m:
+                m.setattr(_voxel_overlap, "MANY_PLANES", 0)
+                m.setattr(_voxel_overlap, "SPLITS", 2)
+                halved = attribution_regions(torch.from_numpy(kept[None, None] * 1.0),
+                                             threshold=0.0, supersampling=s)
+            assert halved.area.item() == r.area.item()
+
+
+def components_of(kept: np.ndarray) -> VoxelComponents:
+    labels, n = label_volumes(kept, 3, 1)
+    return components(labels, n, kept.shape[1])
+
+
+def test_flat_components_in_closed_form_match_qhull_and_translate_exactly():
+    """One voxel thick along z, y or x: no Qhull; each pattern also shifted in example 1."""
+    rng = np.random.default_rng(7)
+    kept = np.zeros((18, 12, 12, 12), dtype=bool)  # a pattern, then it shifted, per example
+    for axis, trial in itertools.product(range(3), range(3)):
+        patch = rng.random((6, 7) if trial % 2 else (8, 5)) < 0.55
+        shape = list(patch.shape)
+        shape.insert(axis, 1)
+        for e, shift in ((0, (0, 0, 0)), (1, (1, 2, 3))):
+            region = tuple(slice(1 + t, 1 + t + n) for t, n in zip(shift, shape))
+            kept[(6 * axis + 2 * trial + e,) + region] = patch.reshape(shape)
+    c = components_of(kept)
+    size = c.hi - c.lo + 1
+    volume, known = closed_form_volumes(c)
+    flat = (size.min(1) == 1) & (c.count > 4) & (c.count < np.prod(size, axis=1))
+    assert flat.sum() >= 12 and known[flat].all()
+    expected = [brute_hull_volume(c.voxels(k)) for k in range(len(c))]
+    assert np.allclose(volume[known], np.array(expected)[known], rtol=0, atol=1e-9)
+    by_parity = [sorted(volume[c.example % 2 == e].tolist()) for e in (0, 1)]
+    assert by_parity[0] == by_parity[1]
+
+
+@pytest.mark.parametrize("box", [2, 3])
+def test_hull_volumes_of_small_random_components_and_translated_copies(box):
+    """Every path (box, 2-4 voxels, flat, Qhull) on random patterns in ``box^3`` cells, each
+    pattern in example 0 and shifted in example 1, against Qhull of all corners."""
+    rng = np.random.default_rng(box)
+    cells = 5
+    step = box + 1  # a free slice between cells: each cell holds its own components
+    kept = np.zeros((2, cells * step + 2, cells * step + 2, cells * step + 2), dtype=bool)
+    for i, j, k in itertools.product(range(cells), repeat=3):
+        pattern = rng.random((box,) * 3) < rng.uniform(0.2, 0.9)
+        for e, t in ((0, 0), (1, 1)):
+            z, y, x = i * step + t, j * step + t, k * step
+            kept[e, z:z + box, y:y + box, x:x + box] = pattern
+    c = components_of(kept)
+    volume = hull_volumes(c, {})
+    expected = np.array([brute_hull_volume(c.voxels(k)) for k in range(len(c))])
+    assert np.allclose(volume, expected, rtol=0, atol=1e-9)
+    by_example = [sorted(volume[c.example == e].tolist()) for e in (0, 1)]
+    assert by_example[0] == by_example[1]
+    size = c.hi - c.lo + 1
+    assert len(np.unique(c.count.clip(max=6))) == 6 and (size.min(1) == 1).any()
+
+
+def test_solid_components_without_qhull_match_qhull():
+    """Facets holding lattice points inside them or along their edges, a line that is not
+    along an axis, random blobs: from their extreme voxels alone; a flat diagonal component
+    is left to Qhull."""
+    rng = np.random.default_rng(5)
+    p = np.indices((6, 6, 6)).reshape(3, -1).T
+    shapes = [
+        p[(p < 4).all(1) & ~(p == 0).all(1)],  # a 4^3 block less one corner voxel
+        p[((p - 2.5) ** 2).sum(1) <= 6.5],  # a ball
+        p[p.sum(1) <= 4],  # a staircase tetrahedron
+        np.array([[i, i, i] for i in range(6)]),  # a line along no axis
+    ] + [p[(p < 4).all(1) & (rng.random(len(p)) < 0.6)] for _ in range(6)]
+    flat = p[(p.sum(1) == 5) & (p < 4).all(1)]  # one plane, along no axis
+    kept = np.zeros((len(shapes) + 1, 8, 8, 8), dtype=bool)
+    for e, voxels in enumerate(shapes + [flat]):
+        kept[(e,) + tuple((voxels + 1).T)] = True
+    c = components_of(kept)
+    volume, known = closed_form_volumes(c)
+    assert len(c) == len(shapes) + 1  # one component each
+    # the ball and some blobs have more than 16 extreme voxels: Qhull
+    assert known[:4].tolist() == [True, False, True, True] and known[4:-1].sum() >= 3
+    assert not known[-1]
+    expected = np.array([brute_hull_volume(c.voxels(k)) for k in range(len(c))])
+    assert np.allclose(volume[known], expected[known], rtol=0, atol=1e-9)
+    assert volume[3] == pytest.approx(1 + 3 * 5, abs=1e-12)
+
+
+def test_small_hull_planes_are_qhulls_facet_planes():
+    """Planes built from extreme voxels (Minkowski sum with the cube) against Qhull's facet
+    planes of all corners, on random components: lines, flat ones, solid ones."""
+    from captum_gradflow.metrics._voxel_hulls import small_hull_planes
+
+    kept = np.random.default_rng(0).random((3, 14, 14, 14)) < 0.12
+    c = components_of(kept)
+    ours = small_hull_planes(c, np.arange(len(c)))
+    size = c.hi - c.lo + 1
+    tested = set()
+    for k, eq in ours.items():
+        if c.count[k] == np.prod(size[k]):
+            continue
+        pts = (c.voxels(k) - c.lo[k])[:, None] + CORNERS
+        ref = ConvexHull(pts.reshape(-1, 3).astype(float)).equations
+        assert set(map(tuple, np.round(eq, 9))) == set(map(tuple, np.round(ref, 9)))
+        tested.add((min(int(c.count[k]), 5), bool(size[k].min() == 1)))
+    assert {(2, False), (5, False)} <= tested and any(flat for _, flat in tested)

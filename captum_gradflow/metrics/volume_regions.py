@@ -3,7 +3,7 @@
 A region is the convex hull of one connected component of the kept voxels, where voxel
 ``(z, y, x)`` is the unit cube ``[z, z + 1] x [y, y + 1] x [x, x + 1]``. Hull volumes are
 exact (closed form or Qhull through ``scipy.spatial.ConvexHull``); the union of overlapping
-hulls is measured on the voxel grid with ``s^3`` sub-voxel samples (``_volumes``).
+hulls is measured on the voxel grid with ``s^3`` sub-voxel samples (``_voxel_overlap``).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from captum_gradflow.metrics._volumes import (
     components,
     hull_of,
     hull_volumes,
-    overlap_corrections,
 )
+from captum_gradflow.metrics._voxel_overlap import overlap_corrections
 
 __all__ = ["RegionSet", "VolumeRegions", "regions_of_volumes"]
 
