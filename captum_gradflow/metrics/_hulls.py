@@ -23,6 +23,7 @@ points, hence:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -84,138 +85,6 @@ class Hulls:
         )
 
 
-def component_hulls(
-    labels: np.ndarray, inside: np.ndarray, n_labels: int
-) -> Tuple[Hulls, "Trapezoids"]:
-    """Hulls of components ``1..n_labels`` of a 2-D label image, and their row trapezoids.
-
-    ``labels`` and the bool ``inside = labels > 0`` carry one empty column on each side;
-    the coordinates returned are those of the image without them.
-    """
-    if n_labels == 0:
-        z = np.zeros(0, dtype=I64)
-        return Hulls(z, z, z, z, z, z, z, z), Trapezoids.empty()
-    lab, row, xl, xr = _row_spans(labels, inside)
-    top = row[np.r_[True, lab[1:] != lab[:-1]]]
-    x, y, cid = _chains(lab, row, xl, xr)
-    x, y, cid = _prune(x, y, cid)
-    left = cid % 2 == 0
-    lx, ly, lk = x[left], y[left], cid[left] // 2
-    rx, ry, rk = -x[~left], y[~left], cid[~left] // 2
-    # twice the area: integral of x dy along the right chain minus along the left chain
-    area2 = _integral_x_dy(rx, ry, rk, n_labels) - _integral_x_dy(lx, ly, lk, n_labels)
-    hulls = Hulls(lx, ly, lk, rx, ry, rk, area2, top)
-    return hulls, _trapezoids(lx, ly, lk, rx, ry, rk)
-
-
-def concat_hulls(
-    hulls: Sequence[Hulls], trapezoids: Sequence["Trapezoids"], row0: Sequence[int]
-) -> Tuple[Hulls, "Trapezoids"]:
-    """Hulls and trapezoids of consecutive chunks of maps as one set: chunk ``i``'s rows
-    move down by ``row0[i]`` and its hull indices follow those of the chunks before it."""
-    if len(hulls) == 1:
-        return hulls[0], trapezoids[0]
-    k0 = np.cumsum([0] + [len(h) for h in hulls[:-1]])
-
-    def cat(parts, name, shift):
-        return np.concatenate([getattr(p, name) + d for p, d in zip(parts, shift)])
-
-    zero = [0] * len(hulls)
-    merged = Hulls(*(cat(hulls, f, d) for f, d in (
-        ("lx", zero), ("ly", row0), ("lk", k0), ("rx", zero), ("ry", row0), ("rk", k0),
-        ("area2", zero), ("top", row0))))
-    merged_t = Trapezoids(*(cat(trapezoids, f, d) for f, d in (
-        ("hull", k0), ("row", row0), ("l0", zero), ("l1", zero), ("dl", zero), ("r0", zero),
-        ("r1", zero), ("dr", zero))))
-    return merged, merged_t
-
-
-def _integral_x_dy(x: np.ndarray, y: np.ndarray, k: np.ndarray, n: int) -> np.ndarray:
-    """Per chain, twice the integral of x dy (trapezoid rule, exact for straight edges)."""
-    same = k[1:] == k[:-1]
-    term = (x[1:] + x[:-1]) * (y[1:] - y[:-1])
-    return np.bincount(k[:-1][same], weights=term[same], minlength=n).astype(I64)
-
-
-def _row_spans(labels: np.ndarray, inside: np.ndarray) -> Tuple[np.ndarray, ...]:
-    """Per (label, row), sorted by label then row: the left edge and the right edge."""
-    n_rows, w = labels.shape[0], labels.shape[1] - 2
-    # In a row padded with empty columns, runs start and end alternately where it changes.
-    edge = np.flatnonzero(inside[:, 1:] ^ inside[:, :-1])
-    row, start, stop = edge[0::2] // (w + 1), edge[0::2] % (w + 1), edge[1::2] % (w + 1)
-    lab = labels[row, start + 1].astype(I64)
-    # Stable sort by label keeps raster order inside a label: rows ascend, columns ascend.
-    order = np.argsort(lab, kind="stable")
-    lab, row, start, stop = lab[order], row[order], start[order], stop[order]
-    key = lab * n_rows + row
-    first = np.r_[True, key[1:] != key[:-1]]
-    last = np.r_[key[1:] != key[:-1], True]
-    return lab[first], row[first], start[first], stop[last]
-
-
-def _chains(
-    lab: np.ndarray, row: np.ndarray, xl: np.ndarray, xr: np.ndarray
-) -> Tuple[np.ndarray, ...]:
-    """Left chain (x) and right chain (-x) of every component, one point per integer height.
-
-    At height y between rows y - 1 and y the left boundary is the smaller of the two rows'
-    left edges (the right boundary the larger of their right edges); the top and bottom
-    heights take their single row's edges. Chain ``2k`` is hull k's left, ``2k + 1`` its right.
-    """
-    new = np.r_[True, lab[1:] != lab[:-1]]
-    last = np.r_[lab[1:] != lab[:-1], True]
-    k = np.cumsum(new) - 1
-    m, n_lab = len(lab), int(k[-1]) + 1
-    pos = np.arange(m) + k  # one extra (bottom) point per earlier label
-    bottom = np.flatnonzero(last)
-    size = m + n_lab
-
-    def chain(edge: np.ndarray, pick) -> np.ndarray:
-        prev = np.where(new, edge, np.r_[edge[:1], edge[:-1]])
-        out = np.empty(size, dtype=I64)
-        out[pos] = pick(edge, prev)
-        out[pos[bottom] + 1] = edge[bottom]
-        return out
-
-    y = np.empty(size, dtype=I64)
-    y[pos] = row
-    y[pos[bottom] + 1] = row[bottom] + 1
-    kk = np.empty(size, dtype=I64)
-    kk[pos] = k
-    kk[pos[bottom] + 1] = k[bottom]
-    x = np.concatenate([chain(xl, np.minimum), -chain(xr, np.maximum)])
-    return x, np.concatenate([y, y]), np.concatenate([2 * kk, 2 * kk + 1])
-
-
-def _prune(x: np.ndarray, y: np.ndarray, cid: np.ndarray) -> Tuple[np.ndarray, ...]:
-    """Lower convex envelope of each chain (x as a function of y), by parallel removal.
-
-    A chain with nothing removed in a pass is final and leaves the working set, so later
-    passes only touch the few chains still changing; chains of one or two points (components
-    of one row) never enter it.
-    """
-    alive = np.ones(len(x), dtype=bool)
-    start = np.r_[True, cid[1:] != cid[:-1]]
-    chain_len = np.diff(np.r_[np.flatnonzero(start), len(x)])
-    idx = np.flatnonzero(np.repeat(chain_len > 2, chain_len))
-    flag = np.zeros(int(cid.max()) + 1 if len(cid) else 0, dtype=bool)
-    while len(idx) >= 3:
-        xs, ys, cs = x[idx], y[idx], cid[idx]
-        inner = (cs[1:-1] == cs[:-2]) & (cs[1:-1] == cs[2:])
-        dx0, dy0 = xs[1:-1] - xs[:-2], ys[1:-1] - ys[:-2]
-        dx2, dy2 = xs[2:] - xs[:-2], ys[2:] - ys[:-2]
-        drop = np.flatnonzero(inner & (dx0 * dy2 >= dx2 * dy0)) + 1  # on/right of the chord
-        if len(drop) == 0:
-            break
-        alive[idx[drop]] = False
-        flag[cs[drop]] = True
-        active = flag[cs]
-        flag[cs[drop]] = False
-        active[drop] = False
-        idx = idx[active]
-    return x[alive], y[alive], cid[alive]
-
-
 @dataclass(frozen=True)
 class Trapezoids:
     """Each hull cut at consecutive integer heights ``row`` and ``row + 1``.
@@ -239,25 +108,198 @@ class Trapezoids:
         return Trapezoids(z, z, z, z, z, z, z, z)
 
 
-def _edge_rows(x, y, k) -> Tuple[np.ndarray, ...]:
-    """Expand a chain's edges to one entry per integer row they span."""
-    same = k[1:] == k[:-1]
-    xa, ya, xb, yb, kk = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same], k[:-1][same]
-    span = yb - ya
-    if (span == 1).all():  # nothing pruned: one row per edge
-        return kk, ya, xa, xb, span
-    # repeating each edge's values is cheaper than gathering them through an index
-    step = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
-    d, dx = np.repeat(span, span), np.repeat(xb - xa, span)
-    n0 = np.repeat(xa, span) * d + step * dx
-    return np.repeat(kk, span), np.repeat(ya, span) + step, n0, n0 + dx, d
+def component_hulls(
+    labels: np.ndarray, inside: np.ndarray, n_labels: int
+) -> Tuple["ChunkHulls", "Trapezoids"]:
+    """Hulls of components ``1..n_labels`` of a 2-D label image, and their row trapezoids.
+
+    ``labels`` and the bool ``inside = labels > 0`` carry one empty column on each side;
+    the coordinates returned are those of the image without them.
+    """
+    if n_labels == 0:
+        z = np.zeros(0, dtype=I64)
+        none = np.zeros(0, dtype=bool)
+        return ChunkHulls(z, z, z, z, none, none, z, z), Trapezoids.empty()
+    lab, row, xl, xr = _row_spans(labels, inside, n_labels)
+    new = np.r_[True, lab[1:] != lab[:-1]]
+    first = np.flatnonzero(new)
+    k = np.cumsum(new) - 1
+    lx, rx, y, cid, pos = _chains(new, k, row, xl, xr)
+    # chains of one or two points (components of one row) have nothing to prune
+    chain_len = np.diff(np.r_[first, len(row)]) + 1
+    work = np.flatnonzero(np.repeat(chain_len > 2, chain_len))
+    left_alive = _prune(lx, y, cid, work, n_labels)
+    right_alive = _prune(rx, y, cid, work, n_labels)
+    l0, l1, dl, left_sum = _boundary_rows(lx, y, left_alive, pos, row)
+    r0, r1, dr, right_sum = _boundary_rows(rx, y, right_alive, pos, row)
+    # twice the area: per row, the right edge's two end x minus the left edge's (rx is -x)
+    area2 = -np.add.reduceat(left_sum + right_sum, first)
+    hulls = ChunkHulls(lx, rx, y, cid, left_alive, right_alive, area2, row[first])
+    return hulls, Trapezoids(k, row, l0, l1, dl, -r0, -r1, dr)
 
 
-def _trapezoids(lx, ly, lk, rx, ry, rk) -> Trapezoids:
-    # Both chains of a hull cover the same rows in the same order, so entries align 1:1.
-    hull, row, l0, l1, dl = _edge_rows(lx, ly, lk)
-    _, _, r0, r1, dr = _edge_rows(rx, ry, rk)
-    return Trapezoids(hull, row, l0, l1, dl, r0, r1, dr)
+@dataclass(frozen=True)
+class ChunkHulls:
+    """Hulls of one chunk of maps before their vertices are gathered (only polygons need them).
+
+    ``lx`` and ``rx`` are the left and the negated right chain of every hull with one point
+    per integer height ``y`` (hull ``cid``), ``left_alive``/``right_alive`` mark the hull
+    vertices among them; ``area2`` is twice each exact area, ``top`` each hull's first row.
+    """
+
+    lx: np.ndarray
+    rx: np.ndarray
+    y: np.ndarray
+    cid: np.ndarray
+    left_alive: np.ndarray
+    right_alive: np.ndarray
+    area2: np.ndarray
+    top: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.area2)
+
+    def vertices(self) -> Hulls:
+        la, ra = self.left_alive, self.right_alive
+        return Hulls(
+            self.lx[la], self.y[la], self.cid[la], -self.rx[ra], self.y[ra], self.cid[ra],
+            self.area2, self.top,
+        )
+
+
+class HullGeometry:
+    """Hulls and row trapezoids of all chunks of a batch as one set, built on first use.
+
+    Chunk ``i``'s rows move down by ``row0[i]`` and its hull indices follow those of the
+    chunks before it. Only the mask and the polygons need the merged set.
+    """
+
+    def __init__(
+        self, chunks: Sequence[ChunkHulls], trapezoids: Sequence["Trapezoids"],
+        row0: Sequence[int],
+    ) -> None:
+        self._chunks, self._trapezoids, self._row0 = list(chunks), list(trapezoids), list(row0)
+
+    @cached_property
+    def hulls(self) -> Hulls:
+        parts = [c.vertices() for c in self._chunks]
+        k0 = np.cumsum([0] + [len(c) for c in self._chunks[:-1]])
+        zero = [0] * len(parts)
+        return Hulls(*(_cat(parts, f, d) for f, d in (
+            ("lx", zero), ("ly", self._row0), ("lk", k0), ("rx", zero), ("ry", self._row0),
+            ("rk", k0), ("area2", zero), ("top", self._row0))))
+
+    @cached_property
+    def trapezoids(self) -> "Trapezoids":
+        k0 = np.cumsum([0] + [len(c) for c in self._chunks[:-1]])
+        zero = [0] * len(self._trapezoids)
+        return Trapezoids(*(_cat(self._trapezoids, f, d) for f, d in (
+            ("hull", k0), ("row", self._row0), ("l0", zero), ("l1", zero), ("dl", zero),
+            ("r0", zero), ("r1", zero), ("dr", zero))))
+
+
+def _cat(parts: Sequence[object], name: str, shift: Sequence[int]) -> np.ndarray:
+    return np.concatenate([getattr(p, name) + d for p, d in zip(parts, shift)])
+
+
+def _row_spans(labels: np.ndarray, inside: np.ndarray, n_labels: int) -> Tuple[np.ndarray, ...]:
+    """Per (label, row), sorted by label then row: the left edge and the right edge."""
+    w = labels.shape[1] - 2
+    # In a row padded with empty columns, runs start and end alternately where it changes.
+    edge = np.flatnonzero(inside[:, 1:] ^ inside[:, :-1])
+    start, stop = edge[0::2], edge[1::2]
+    row = start // (w + 1)
+    lab = labels.reshape(-1)[start + row + 1]  # the run's first pixel in the padded image
+    # A stable sort by label keeps raster order inside a label (rows, then columns
+    # ascend); on 16-bit keys NumPy's stable sort is a radix sort, several times faster.
+    key = lab.astype(np.uint16) if n_labels < 2 ** 16 else lab
+    order = np.argsort(key, kind="stable")
+    lab, row, start, stop = lab[order], row[order], start[order], stop[order]
+    change = (lab[1:] != lab[:-1]) | (row[1:] != row[:-1])
+    first, last = np.r_[True, change], np.r_[change, True]
+    return lab[first], row[first], start[first] % (w + 1), stop[last] % (w + 1)
+
+
+def _chains(
+    new: np.ndarray, k: np.ndarray, row: np.ndarray, xl: np.ndarray, xr: np.ndarray
+) -> Tuple[np.ndarray, ...]:
+    """Left chain (x) and right chain (-x) of every component, one point per integer height.
+
+    At height y between rows y - 1 and y the left boundary is the smaller of the two rows'
+    left edges (the right boundary the larger of their right edges); the top and bottom
+    heights take their single row's edges. Returns both chains, the heights, the hull of
+    each point and where each row's top point is (``pos``).
+    """
+    last = np.r_[new[1:], True]
+    m = len(row)
+    pos = np.arange(m) + k  # one extra (bottom) point per earlier label
+    bottom = pos[last] + 1
+    size = m + int(k[-1]) + 1
+
+    def chain(edge: np.ndarray, pick) -> np.ndarray:
+        out = np.empty(size, dtype=I64)
+        out[pos] = pick(edge, np.where(new, edge, np.r_[edge[:1], edge[:-1]]))
+        out[bottom] = edge[last]
+        return out
+
+    y = np.empty(size, dtype=I64)
+    y[pos] = row
+    y[bottom] = row[last] + 1
+    cid = np.empty(size, dtype=I64)
+    cid[pos] = k
+    cid[bottom] = k[last]
+    return chain(xl, np.minimum), -chain(xr, np.maximum), y, cid, pos
+
+
+def _prune(
+    x: np.ndarray, y: np.ndarray, cid: np.ndarray, work: np.ndarray, n_chains: int
+) -> np.ndarray:
+    """Lower convex envelope of each chain (x as a function of y), by parallel removal.
+
+    ``work`` are the points of the chains that may lose points (those of three or more).
+    A chain with nothing removed in a pass is final and leaves the working set, so later
+    passes only touch the few chains still changing. Returns which points are vertices.
+    """
+    alive = np.ones(len(x), dtype=bool)
+    flag = np.zeros(n_chains, dtype=bool)
+    idx = work
+    while len(idx) >= 3:
+        xs, ys, cs = x[idx], y[idx], cid[idx]
+        inner = (cs[1:-1] == cs[:-2]) & (cs[1:-1] == cs[2:])
+        dx0, dy0 = xs[1:-1] - xs[:-2], ys[1:-1] - ys[:-2]
+        dx2, dy2 = xs[2:] - xs[:-2], ys[2:] - ys[:-2]
+        drop = np.flatnonzero(inner & (dx0 * dy2 >= dx2 * dy0)) + 1  # on/right of the chord
+        if len(drop) == 0:
+            break
+        alive[idx[drop]] = False
+        flag[cs[drop]] = True
+        active = flag[cs]
+        flag[cs[drop]] = False
+        active[drop] = False
+        idx = idx[active]
+    return alive
+
+
+def _boundary_rows(
+    x: np.ndarray, y: np.ndarray, alive: np.ndarray, pos: np.ndarray, row: np.ndarray
+) -> Tuple[np.ndarray, ...]:
+    """One chain's boundary over each row ``row`` (from point ``pos`` to ``pos + 1``).
+
+    The row lies on the hull edge between the last vertex at or above it and the first
+    below it: at heights ``row`` and ``row + 1`` the boundary is ``n0 / d`` and
+    ``(n0 + dx) / d``. Also returns the sum of the edge's two end x, twice the integral of
+    x over the row (the trapezoid rule, exact for a straight edge).
+    """
+    if alive.all():  # nothing pruned: every row is its own edge
+        before, after = pos, pos + 1
+    else:
+        at = np.arange(len(x))
+        before = np.maximum.accumulate(np.where(alive, at, 0))[pos]
+        after = np.minimum.accumulate(np.where(alive, at, len(x))[::-1])[::-1][pos + 1]
+    xb, yb, xa = x[before], y[before], x[after]
+    d, dx = y[after] - yb, xa - xb
+    n0 = xb * d + (row - yb) * dx
+    return n0, n0 + dx, d, xb + xa
 
 
 def rasterise(t: Trapezoids, examples: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -284,114 +326,3 @@ def rasterise(t: Trapezoids, examples: np.ndarray, h: int, w: int) -> np.ndarray
         run_start = np.cumsum(length) - length
         mask[np.repeat(start - run_start, length) + np.arange(int(length.sum()))] = True
     return mask.reshape(n, h, w)
-
-
-def overlapping_pairs(t: Trapezoids) -> Tuple[np.ndarray, np.ndarray]:
-    """Pairs of trapezoids (indices into ``t``) of one row whose interiors overlap.
-
-    Candidates are trapezoids of the same row whose x ranges overlap (float, generous); the
-    exact test: two trapezoids between heights 0 and 1 overlap with positive area iff their
-    intervals overlap at height 0 or at height 1, or their midpoints swap order in between
-    (their widths are positive inside, so a swap forces an overlap).
-    """
-    none = (np.zeros(0, dtype=I64), np.zeros(0, dtype=I64))
-    if len(t.hull) < 2:
-        return none
-    lo = np.minimum(t.l0, t.l1) / t.dl
-    hi = np.maximum(t.r0, t.r1) / t.dr
-    # Sorted by (row, lo): the partners of i are the following entries of its row whose lo
-    # is below hi_i. The key keeps rows apart (x stays within [0, w], far below the stride).
-    stride = float(np.ceil(max(hi.max(), 0.0)) + 4.0)
-    key = t.row * stride + lo
-    order = np.argsort(key)
-    key, hi_s = key[order], hi[order]
-    stop = np.searchsorted(key, t.row[order] * stride + hi_s + 1e-6, side="left")
-    count = np.maximum(stop - np.arange(len(key)) - 1, 0)
-    if count.sum() == 0:
-        return none
-    a = np.repeat(np.arange(len(key)), count)
-    b = a + 1 + np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-    a, b = order[a], order[b]
-    hit = _trapezoids_overlap(t, a, b)
-    return a[hit], b[hit]
-
-
-def union_correction(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Per row with overlaps: area of the union of its overlapping trapezoids minus their sum.
-
-    Inside one row every boundary is a straight segment, so the length of the union of the
-    cross-sections is linear between the heights where two boundaries cross; it is
-    evaluated at those heights (sorting and merging the intervals) and integrated by the
-    trapezoid rule, which is exact for a piecewise-linear function. Returns ``(rows,
-    correction)`` with ``correction <= 0``.
-    """
-    if len(a) == 0:
-        return np.zeros(0, dtype=I64), np.zeros(0)
-    members = np.unique(np.r_[a, b])
-    members = members[np.argsort(t.row[members], kind="stable")]
-    rows = t.row[members]
-    first = np.r_[True, rows[1:] != rows[:-1]]
-    seg = np.cumsum(first) - 1
-    start = np.flatnonzero(first)
-    k = np.diff(np.r_[start, len(members)])
-    l0, l1 = t.l0[members] / t.dl[members], t.l1[members] / t.dl[members]
-    r0, r1 = t.r0[members] / t.dr[members], t.r1[members] / t.dr[members]
-
-    # all pairs inside each row, and the heights in (0, 1) where two boundaries cross
-    pos = np.arange(len(members)) - start[seg]
-    n_after = k[seg] - 1 - pos
-    i = np.repeat(np.arange(len(members)), n_after)
-    j = i + 1 + np.arange(int(n_after.sum())) - np.repeat(np.cumsum(n_after) - n_after, n_after)
-    cross_t, cross_seg = [np.zeros(len(start)), np.ones(len(start))], [np.arange(len(start))] * 2
-    for p0, p1, q0, q1 in ((l0, l1, l0, l1), (r0, r1, r0, r1), (l0, l1, r0, r1), (r0, r1, l0, l1)):
-        g0, g1 = p0[i] - q0[j], p1[i] - q1[j]
-        x = g0 * g1 < 0
-        cross_t.append(g0[x] / (g0[x] - g1[x]))
-        cross_seg.append(seg[i[x]])
-    ts, ss = np.concatenate(cross_t), np.concatenate(cross_seg)
-    order = np.lexsort((ts, ss))
-    ts, ss = ts[order], ss[order]
-
-    # union length at every sample height: intervals sorted by left end, merged with a
-    # running maximum of right ends (offset per sample so it restarts at each sample)
-    size = k[ss]
-    sample = np.repeat(np.arange(len(ts)), size)
-    member = start[ss][sample] + np.arange(int(size.sum()))
-    member -= np.repeat(np.cumsum(size) - size, size)
-    tt = ts[sample]
-    left = l0[member] + tt * (l1[member] - l0[member])
-    right = r0[member] + tt * (r1[member] - r0[member])
-    offset = sample * (float(max(right.max(), 0.0)) + 2.0)
-    by_left = np.lexsort((left, sample))
-    left, right = left[by_left] + offset[by_left], right[by_left] + offset[by_left]
-    covered = np.maximum.accumulate(right)
-    reach = np.maximum(left, np.r_[-np.inf, covered[:-1]])
-    length = np.bincount(sample[by_left], weights=np.maximum(right - reach, 0.0), minlength=len(ts))
-
-    same = ss[1:] == ss[:-1]
-    piece = np.diff(ts) * (length[1:] + length[:-1]) / 2.0
-    union = np.bincount(ss[:-1][same], weights=piece[same], minlength=len(start))
-    own = np.bincount(seg, weights=((r0 - l0) + (r1 - l1)) / 2.0, minlength=len(start))
-    return rows[start], np.minimum(union - own, 0.0)
-
-
-def _less(n1: np.ndarray, d1: np.ndarray, n2: np.ndarray, d2: np.ndarray) -> np.ndarray:
-    """``n1 / d1 < n2 / d2`` for positive denominators, exactly."""
-    return n1 * d2 < n2 * d1
-
-
-def _trapezoids_overlap(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    def at(i, top: bool):
-        return (t.l0[i] if top else t.l1[i]), t.dl[i], (t.r0[i] if top else t.r1[i]), t.dr[i]
-
-    hit = np.zeros(len(a), dtype=bool)
-    sign = []
-    for top in (True, False):
-        la, dla, ra, dra = at(a, top)
-        lb, dlb, rb, drb = at(b, top)
-        hit |= _less(lb, dlb, ra, dra) & _less(la, dla, rb, drb)
-        # midpoint order: (la/dla + ra/dra) vs (lb/dlb + rb/drb), over common denominators
-        ma = (la * dra + ra * dla) * (dlb * drb)
-        mb = (lb * drb + rb * dlb) * (dla * dra)
-        sign.append(np.sign(ma - mb))
-    return hit | (sign[0] * sign[1] < 0)

@@ -33,14 +33,13 @@ from captum_gradflow.maps import (  # noqa: F401  (reduce_channels: re-exported)
     reduce_channels_numpy,
     top_q_mask,
 )
+from captum_gradflow.metrics._hull_unions import overlapping_pairs, union_correction
 from captum_gradflow.metrics._hulls import (
-    Hulls,
+    ChunkHulls,
+    HullGeometry,
     Trapezoids,
     component_hulls,
-    concat_hulls,
-    overlapping_pairs,
     rasterise,
-    union_correction,
 )
 from captum_gradflow.metrics.volume_regions import RegionSet, VolumeRegions, regions_of_volumes
 
@@ -79,21 +78,19 @@ class Regions(RegionSet):
         n_regions: Tensor,
         kept: Tensor,
         notes: List[str],
-        hulls: Hulls,
-        trapezoids: Trapezoids,
+        geometry: HullGeometry,
         first_hull: np.ndarray,
         stacked_index: np.ndarray,
     ) -> None:
         super().__init__(area, n_regions, kept, notes)
-        self._hulls = hulls
-        self._trapezoids = trapezoids
+        self._geometry = geometry  # hulls and trapezoids of the whole batch, merged on use
         self._first_hull = first_hull  # index of each example's first hull
         self._stacked_index = stacked_index  # each example's position in the stacked image
 
     @cached_property
     def mask(self) -> Tensor:
         _, h, w = self.kept.shape
-        return torch.from_numpy(rasterise(self._trapezoids, self._stacked_index, h, w))
+        return torch.from_numpy(rasterise(self._geometry.trapezoids, self._stacked_index, h, w))
 
     @cached_property
     def polygons(self) -> List[List[BaseGeometry]]:
@@ -101,7 +98,7 @@ class Regions(RegionSet):
         bounds = np.r_[0, np.cumsum(counts)]
         idx = np.repeat(self._first_hull - bounds[:-1], counts) + np.arange(int(bounds[-1]))
         row0 = self._stacked_index * (self.kept.shape[1] + 1)
-        polys = self._hulls.polygons(idx, np.repeat(row0, counts))
+        polys = self._geometry.hulls.polygons(idx, np.repeat(row0, counts))
         return [polys[bounds[i]:bounds[i + 1]].tolist() for i in range(len(self))]
 
     @cached_property
@@ -114,7 +111,7 @@ class Regions(RegionSet):
     def _select(self, idx: slice, pick: np.ndarray) -> "Regions":
         return Regions(
             self.area[idx], self.n_regions[idx], self.kept[idx],
-            [self.notes[i] for i in pick], self._hulls, self._trapezoids,
+            [self.notes[i] for i in pick], self._geometry,
             self._first_hull[pick], self._stacked_index[pick],
         )
 
@@ -275,7 +272,7 @@ def regions_of_maps(
         kept, chunk_notes = keep_pixels(maps[i:i + chunk], q, threshold)
         notes += chunk_notes
         parts.append(_regions_of_chunk(kept, connectivity or 2, min_size))
-    hulls, trapezoids = concat_hulls(
+    geometry = HullGeometry(
         [p[1] for p in parts], [p[2] for p in parts], [i * (h + 1) for i in range(0, n, chunk)]
     )
     counts = np.concatenate([p[4] for p in parts])
@@ -284,8 +281,7 @@ def regions_of_maps(
         n_regions=torch.from_numpy(counts),
         kept=torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts]))),
         notes=notes,
-        hulls=hulls,
-        trapezoids=trapezoids,
+        geometry=geometry,
         first_hull=np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64),
         stacked_index=np.arange(n, dtype=np.int64),
     )
@@ -293,7 +289,7 @@ def regions_of_maps(
 
 def _regions_of_chunk(
     kept: np.ndarray, connectivity: int, min_size: int
-) -> Tuple[np.ndarray, Hulls, Trapezoids, np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, ChunkHulls, Trapezoids, np.ndarray, np.ndarray]:
     """Kept pixels (after ``min_size``), hulls, trapezoids, union areas and region counts
     of a few ``(n, H, W)`` maps, in the stacked coordinates of these maps."""
     n, h, w = kept.shape
