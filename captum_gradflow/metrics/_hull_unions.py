@@ -14,26 +14,31 @@ import numpy as np
 from captum_gradflow.metrics._hulls import I64, Trapezoids
 
 
-def overlapping_pairs(t: Trapezoids) -> Tuple[np.ndarray, np.ndarray]:
+def overlapping_pairs(t: Trapezoids, by_row: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Pairs of trapezoids (indices into ``t``) of one row whose interiors overlap.
 
-    Candidates are trapezoids of the same row whose x ranges overlap (float, generous); the
-    exact test: two trapezoids between heights 0 and 1 overlap with positive area iff their
-    intervals overlap at height 0 or at height 1, or their midpoints swap order in between
-    (their widths are positive inside, so a swap forces an overlap).
+    ``by_row`` lists the trapezoids by row, then by the leftmost kept pixel of their
+    component in that row. Candidates are trapezoids of the same row whose x ranges overlap
+    (float, generous); the exact test: two trapezoids between heights 0 and 1 overlap with
+    positive area iff their intervals overlap at height 0 or at height 1, or their midpoints
+    swap order in between (their widths are positive inside, so a swap forces an overlap).
     """
     none = (np.zeros(0, dtype=I64), np.zeros(0, dtype=I64))
     if len(t.hull) < 2:
         return none
     lo = np.minimum(t.l0, t.l1) / t.dl
-    hi = np.maximum(t.r0, t.r1) / t.dr
-    # Sorted by (row, lo): the partners of i are the following entries of its row whose lo
-    # is below hi_i. The key keeps rows apart (x stays within [0, w], far below the stride).
+    hi = np.maximum(t.r0, t.r1) / t.dr + 1e-6
+    # x stays within [0, w], far below the stride: row * stride + x keeps rows apart
     stride = float(np.ceil(max(hi.max(), 0.0)) + 4.0)
-    key = t.row * stride + lo
+    cand = by_row[_meets_another(lo[by_row], hi[by_row], t.row[by_row] * stride)]
+    if len(cand) < 2:
+        return none
+    # Sorted by (row, lo): the partners of i are the following entries of its row whose lo
+    # is below hi_i.
+    key = t.row[cand] * stride + lo[cand]
     order = np.argsort(key)
-    key, hi_s = key[order], hi[order]
-    stop = np.searchsorted(key, t.row[order] * stride + hi_s + 1e-6, side="left")
+    key, order = key[order], cand[order]
+    stop = np.searchsorted(key, t.row[order] * stride + hi[order], side="left")
     count = np.maximum(stop - np.arange(len(key)) - 1, 0)
     if count.sum() == 0:
         return none
@@ -42,6 +47,22 @@ def overlapping_pairs(t: Trapezoids) -> Tuple[np.ndarray, np.ndarray]:
     a, b = order[a], order[b]
     hit = _trapezoids_overlap(t, a, b)
     return a[hit], b[hit]
+
+
+def _meets_another(lo: np.ndarray, hi: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Which x ranges ``[lo, hi]`` meet another of their row, for ranges listed by row and
+    then by the leftmost kept pixel inside each (``shift`` keeps the rows apart).
+
+    In that order a range starts at or before its pixel, left of every later range's pixel,
+    and ends after its own pixel: ranges ``i`` before ``j`` meet iff ``lo_j < hi_i``. So
+    ``j`` meets an earlier range iff ``lo_j`` is below the running maximum of ``hi`` before
+    it, and ``i`` a later one iff ``hi_i`` exceeds the minimum of ``lo`` after it: no sort.
+    """
+    lo, hi = lo + shift, hi + shift
+    meets = np.zeros(len(lo), dtype=bool)
+    meets[1:] = lo[1:] < np.maximum.accumulate(hi)[:-1]
+    meets[:-1] |= hi[:-1] > np.minimum.accumulate(lo[::-1])[::-1][1:]
+    return meets
 
 
 def union_correction(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -55,7 +76,9 @@ def union_correction(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> Tuple[np.nd
     """
     if len(a) == 0:
         return np.zeros(0, dtype=I64), np.zeros(0)
-    members = np.unique(np.r_[a, b])
+    involved = np.zeros(len(t.hull), dtype=bool)
+    involved[a] = involved[b] = True
+    members = np.flatnonzero(involved)
     members = members[np.argsort(t.row[members], kind="stable")]
     rows = t.row[members]
     first = np.r_[True, rows[1:] != rows[:-1]]
@@ -90,8 +113,11 @@ def union_correction(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> Tuple[np.nd
     left = l0[member] + tt * (l1[member] - l0[member])
     right = r0[member] + tt * (r1[member] - r0[member])
     offset = sample * (float(max(right.max(), 0.0)) + 2.0)
-    by_left = np.lexsort((left, sample))
-    left, right = left[by_left] + offset[by_left], right[by_left] + offset[by_left]
+    left += offset
+    right += offset
+    # one sort of the offset keys orders by sample, then by left end (x stays in [0, w])
+    by_left = np.argsort(left, kind="stable")
+    left, right = left[by_left], right[by_left]
     covered = np.maximum.accumulate(right)
     reach = np.maximum(left, np.r_[-np.inf, covered[:-1]])
     length = np.bincount(sample[by_left], weights=np.maximum(right - reach, 0.0), minlength=len(ts))

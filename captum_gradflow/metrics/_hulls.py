@@ -110,8 +110,9 @@ class Trapezoids:
 
 def component_hulls(
     labels: np.ndarray, inside: np.ndarray, n_labels: int
-) -> Tuple["ChunkHulls", "Trapezoids"]:
-    """Hulls of components ``1..n_labels`` of a 2-D label image, and their row trapezoids.
+) -> Tuple["ChunkHulls", "Trapezoids", np.ndarray]:
+    """Hulls of components ``1..n_labels`` of a 2-D label image, their row trapezoids, and
+    the trapezoids listed by row, then by the leftmost pixel of their component there.
 
     ``labels`` and the bool ``inside = labels > 0`` carry one empty column on each side;
     the coordinates returned are those of the image without them.
@@ -119,8 +120,8 @@ def component_hulls(
     if n_labels == 0:
         z = np.zeros(0, dtype=I64)
         none = np.zeros(0, dtype=bool)
-        return ChunkHulls(z, z, z, z, none, none, z, z), Trapezoids.empty()
-    lab, row, xl, xr = _row_spans(labels, inside, n_labels)
+        return ChunkHulls(z, z, z, z, none, none, z, z), Trapezoids.empty(), z
+    lab, row, xl, xr, by_row = _row_spans(labels, inside, n_labels)
     new = np.r_[True, lab[1:] != lab[:-1]]
     first = np.flatnonzero(new)
     k = np.cumsum(new) - 1
@@ -135,7 +136,7 @@ def component_hulls(
     # twice the area: per row, the right edge's two end x minus the left edge's (rx is -x)
     area2 = -np.add.reduceat(left_sum + right_sum, first)
     hulls = ChunkHulls(lx, rx, y, cid, left_alive, right_alive, area2, row[first])
-    return hulls, Trapezoids(k, row, l0, l1, dl, -r0, -r1, dr)
+    return hulls, Trapezoids(k, row, l0, l1, dl, -r0, -r1, dr), by_row
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ def _cat(parts: Sequence[object], name: str, shift: Sequence[int]) -> np.ndarray
 
 
 def _row_spans(labels: np.ndarray, inside: np.ndarray, n_labels: int) -> Tuple[np.ndarray, ...]:
-    """Per (label, row), sorted by label then row: the left edge and the right edge."""
+    """Per (label, row), sorted by label then row: the left edge and the right edge; and
+    these entries listed by row, then by left edge (``by_row``)."""
     w = labels.shape[1] - 2
     # In a row padded with empty columns, runs start and end alternately where it changes.
     edge = np.flatnonzero(inside[:, 1:] ^ inside[:, :-1])
@@ -217,7 +219,11 @@ def _row_spans(labels: np.ndarray, inside: np.ndarray, n_labels: int) -> Tuple[n
     lab, row, start, stop = lab[order], row[order], start[order], stop[order]
     change = (lab[1:] != lab[:-1]) | (row[1:] != row[:-1])
     first, last = np.r_[True, change], np.r_[change, True]
-    return lab[first], row[first], start[first] % (w + 1), stop[last] % (w + 1)
+    # the (label, row) entries in raster order of their leftmost run, without a sort
+    at = np.full(len(order), -1, dtype=I64)
+    at[order[first]] = np.arange(int(first.sum()))
+    by_row = at[at >= 0]
+    return lab[first], row[first], start[first] % (w + 1), stop[last] % (w + 1), by_row
 
 
 def _chains(

@@ -296,13 +296,13 @@ def _regions_of_chunk(
     labels, inside, n_labels = _label(kept, connectivity, min_size)
     if min_size > 1:
         kept = inside.reshape(n, h + 1, w + 2)[:, :h, 1:-1]
-    hulls, trapezoids = component_hulls(labels, inside, n_labels)
+    hulls, trapezoids, by_row = component_hulls(labels, inside, n_labels)
     # Labels follow the raster order of the stacked maps: each example owns a contiguous range.
     example_of_hull = hulls.top // (h + 1)
     counts = np.bincount(example_of_hull, minlength=n).astype(np.int64)
     area = np.bincount(example_of_hull, weights=hulls.area2, minlength=n) / 2.0
     # Where hulls overlap, subtract the doubly counted area (exact, per row of pixels).
-    rows, correction = union_correction(trapezoids, *overlapping_pairs(trapezoids))
+    rows, correction = union_correction(trapezoids, *overlapping_pairs(trapezoids, by_row))
     area += np.bincount(rows // (h + 1), weights=correction, minlength=n)
     return kept, hulls, trapezoids, area, counts
 
