@@ -13,12 +13,15 @@ that is not strictly convex w.r.t. its neighbours until none is left (a removed 
 never a vertex of the envelope, so removing many at once is safe). All vertices are integer
 points, hence:
 
-* hull areas come exactly from the shoelace formula;
-* between two consecutive integer heights every hull is a trapezoid, so the rasterisation
-  (pixel centres inside or on a hull) and the test whether two hulls overlap are exact
-  integer comparisons;
-* only groups of hulls that really overlap need a polygon union (shapely), for the exact
-  area of the union.
+* between two consecutive integer heights every hull is a trapezoid with exact rational
+  sides (``_trapezoids``), read off the chains without building edges;
+* hull areas are exact: twice the area of a row's trapezoid is an integer (the trapezoid
+  rule on each side's edge).
+
+Speed. The maps of real networks give tens of thousands of rows per pass, so the cost is
+the number of passes over arrays of that length: the code avoids boolean-mask indexing,
+``np.where`` with irregular masks, ``reduceat`` and sorts on wide keys, which cost several
+times an index gather there.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import shapely
 
-I64 = np.int64
+from captum_gradflow.metrics._trapezoids import I64, Trapezoids
 
 
 @dataclass(frozen=True)
@@ -85,29 +88,6 @@ class Hulls:
         )
 
 
-@dataclass(frozen=True)
-class Trapezoids:
-    """Each hull cut at consecutive integer heights ``row`` and ``row + 1``.
-
-    Left boundary at ``row`` is ``l0 / dl`` and at ``row + 1`` is ``l1 / dl``; right boundary
-    ``r0 / dr``, ``r1 / dr`` (exact rationals, positive denominators). ``hull`` is the index.
-    """
-
-    hull: np.ndarray
-    row: np.ndarray
-    l0: np.ndarray
-    l1: np.ndarray
-    dl: np.ndarray
-    r0: np.ndarray
-    r1: np.ndarray
-    dr: np.ndarray
-
-    @staticmethod
-    def empty() -> "Trapezoids":
-        z = np.zeros(0, dtype=I64)
-        return Trapezoids(z, z, z, z, z, z, z, z)
-
-
 def component_hulls(
     labels: np.ndarray, inside: np.ndarray, n_labels: int
 ) -> Tuple["ChunkHulls", "Trapezoids", np.ndarray]:
@@ -119,41 +99,68 @@ def component_hulls(
     """
     if n_labels == 0:
         z = np.zeros(0, dtype=I64)
-        none = np.zeros(0, dtype=bool)
-        return ChunkHulls(z, z, z, z, none, none, z, z), Trapezoids.empty(), z
+        side = Chain(z, z, np.zeros(0, dtype=bool))
+        return ChunkHulls(side, side, z, z, z, z, z), Trapezoids.empty(), z
     lab, row, xl, xr, by_row = _row_spans(labels, inside, n_labels)
-    new = np.r_[True, lab[1:] != lab[:-1]]
+    new = np.empty(len(lab), dtype=bool)
+    new[0] = True
+    np.not_equal(lab[1:], lab[:-1], out=new[1:])
     first = np.flatnonzero(new)
+    last = np.r_[first[1:] - 1, len(lab) - 1]
     k = np.cumsum(new) - 1
-    lx, rx, y, cid, pos = _chains(new, k, row, xl, xr)
-    # chains of one or two points (components of one row) have nothing to prune
-    chain_len = np.diff(np.r_[first, len(row)]) + 1
-    work = np.flatnonzero(np.repeat(chain_len > 2, chain_len))
-    left_alive = _prune(lx, y, cid, work, n_labels)
-    right_alive = _prune(rx, y, cid, work, n_labels)
-    l0, l1, dl, left_sum = _boundary_rows(lx, y, left_alive, pos, row)
-    r0, r1, dr, right_sum = _boundary_rows(rx, y, right_alive, pos, row)
-    # twice the area: per row, the right edge's two end x minus the left edge's (rx is -x)
-    area2 = -np.add.reduceat(left_sum + right_sum, first)
-    hulls = ChunkHulls(lx, rx, y, cid, left_alive, right_alive, area2, row[first])
+    rows = _Rows(new, first, last, k, row, row[last] + 1)
+    # the right chain is the lower envelope of -x: one code for both sides
+    left = _envelope(_chain(xl, np.minimum, rows), rows)
+    right = _envelope(_chain(xr, np.maximum, rows, negate=True), rows)
+    l0, l1, dl, left_sum = _boundary_rows(left, rows)
+    r0, r1, dr, right_sum = _boundary_rows(right, rows)
+    # twice the area: per row, the right edge's two end x minus the left edge's
+    total = np.cumsum(left_sum + right_sum)
+    area2 = total[first] - total[last] - (left_sum + right_sum)[first]
+    hulls = ChunkHulls(left, right, row, k, rows.y_bottom, area2, row[first])
     return hulls, Trapezoids(k, row, l0, l1, dl, -r0, -r1, dr), by_row
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows of all hulls, by hull then row: ``new`` marks each hull's first row,
+    ``first``/``last`` index each hull's first and last row, ``k`` is the hull of each row,
+    ``y_bottom`` the height below each hull's last row."""
+
+    new: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    k: np.ndarray
+    row: np.ndarray
+    y_bottom: np.ndarray
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One side of every hull as a chain with one point per integer height: ``top`` the x
+    at the top of each row (by hull, then row), ``bottom`` the x below each hull's last row;
+    ``alive`` marks the top points that are hull vertices (the first and the bottom one of
+    each hull always are)."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+    alive: np.ndarray
 
 
 @dataclass(frozen=True)
 class ChunkHulls:
     """Hulls of one chunk of maps before their vertices are gathered (only polygons need them).
 
-    ``lx`` and ``rx`` are the left and the negated right chain of every hull with one point
-    per integer height ``y`` (hull ``cid``), ``left_alive``/``right_alive`` mark the hull
-    vertices among them; ``area2`` is twice each exact area, ``top`` each hull's first row.
+    ``left`` and ``right`` are the left and the negated right chains (rows ``row`` of hull
+    ``k``, heights ``y_bottom`` below each hull); ``area2`` is twice each exact area,
+    ``top`` each hull's first row.
     """
 
-    lx: np.ndarray
-    rx: np.ndarray
-    y: np.ndarray
-    cid: np.ndarray
-    left_alive: np.ndarray
-    right_alive: np.ndarray
+    left: Chain
+    right: Chain
+    row: np.ndarray
+    k: np.ndarray
+    y_bottom: np.ndarray
     area2: np.ndarray
     top: np.ndarray
 
@@ -161,11 +168,22 @@ class ChunkHulls:
         return len(self.area2)
 
     def vertices(self) -> Hulls:
-        la, ra = self.left_alive, self.right_alive
-        return Hulls(
-            self.lx[la], self.y[la], self.cid[la], -self.rx[ra], self.y[ra], self.cid[ra],
-            self.area2, self.top,
-        )
+        lx, ly, lk = self._vertices(self.left)
+        rx, ry, rk = self._vertices(self.right)
+        return Hulls(lx, ly, lk, -rx, ry, rk, self.area2, self.top)
+
+    def _vertices(self, chain: Chain) -> Tuple[np.ndarray, ...]:
+        """A side's vertices in chain order: each hull's live top points, then its bottom."""
+        n = len(self)
+        live = np.flatnonzero(chain.alive)
+        k = self.k[live]
+        # each earlier hull puts its bottom point before a top point
+        at_top = np.arange(len(live)) + k
+        at_bottom = np.cumsum(np.bincount(k, minlength=n)) + np.arange(n)
+        x, y, kk = (np.empty(len(live) + n, dtype=I64) for _ in range(3))
+        x[at_top], y[at_top], kk[at_top] = chain.top[live], self.row[live], k
+        x[at_bottom], y[at_bottom], kk[at_bottom] = chain.bottom, self.y_bottom, np.arange(n)
+        return x, y, kk
 
 
 class HullGeometry:
@@ -217,44 +235,83 @@ def _row_spans(labels: np.ndarray, inside: np.ndarray, n_labels: int) -> Tuple[n
     key = lab.astype(np.uint16) if n_labels < 2 ** 16 else lab
     order = np.argsort(key, kind="stable")
     lab, row, start, stop = lab[order], row[order], start[order], stop[order]
-    change = (lab[1:] != lab[:-1]) | (row[1:] != row[:-1])
-    first, last = np.r_[True, change], np.r_[change, True]
+    change = np.empty(len(lab), dtype=bool)
+    change[0] = True
+    np.not_equal(lab[1:], lab[:-1], out=change[1:])
+    change[1:] |= row[1:] != row[:-1]
+    first = np.flatnonzero(change)
+    last = np.r_[first[1:] - 1, len(lab) - 1]
     # the (label, row) entries in raster order of their leftmost run, without a sort
-    at = np.full(len(order), -1, dtype=I64)
-    at[order[first]] = np.arange(int(first.sum()))
-    by_row = at[at >= 0]
-    return lab[first], row[first], start[first] % (w + 1), stop[last] % (w + 1), by_row
+    raster = order[first]
+    at = np.empty(len(order), dtype=I64)
+    at[raster] = np.arange(len(first))
+    mark = np.zeros(len(order), dtype=bool)
+    mark[raster] = True
+    by_row = at[np.flatnonzero(mark)]
+    row, x0 = row[first], start[first]
+    x0 -= row * (w + 1)  # cheaper than % (w + 1)
+    x1 = stop[last] - row * (w + 1)
+    return lab[first], row, x0, x1, by_row
 
 
-def _chains(
-    new: np.ndarray, k: np.ndarray, row: np.ndarray, xl: np.ndarray, xr: np.ndarray
-) -> Tuple[np.ndarray, ...]:
-    """Left chain (x) and right chain (-x) of every component, one point per integer height.
+def _chain(edge: np.ndarray, pick, rows: _Rows, negate: bool = False) -> Chain:
+    """A side's chain before pruning: at height y between rows y - 1 and y the left boundary
+    is the smaller of the two rows' left edges (the right boundary the larger of their
+    right edges); the top and bottom heights take their single row's edges. ``negate``
+    gives -x."""
+    top = np.empty_like(edge)
+    top[0] = edge[0]
+    pick(edge[1:], edge[:-1], out=top[1:])
+    top[rows.first] = edge[rows.first]
+    bottom = edge[rows.last]
+    if negate:
+        np.negative(top, out=top)
+        np.negative(bottom, out=bottom)
+    return Chain(top, bottom, np.ones(len(edge), dtype=bool))
 
-    At height y between rows y - 1 and y the left boundary is the smaller of the two rows'
-    left edges (the right boundary the larger of their right edges); the top and bottom
-    heights take their single row's edges. Returns both chains, the heights, the hull of
-    each point and where each row's top point is (``pos``).
+
+def _next(chain: Chain, rows: _Rows) -> np.ndarray:
+    """The x of each top point's successor on its chain (the bottom point after a hull's
+    last row)."""
+    nxt = np.empty_like(chain.top)
+    nxt[:-1] = chain.top[1:]
+    nxt[rows.last] = chain.bottom
+    return nxt
+
+
+def _envelope(chain: Chain, rows: _Rows) -> Chain:
+    """The chain's lower convex envelope (x as a function of y): its vertices ``alive``.
+
+    The first pass of the parallel removal needs no gathering: heights are consecutive, so
+    a point is on or right of its neighbours' chord when twice its x is at least their sum.
+    Only the hulls that lost a point go on to :func:`_prune`.
     """
-    last = np.r_[new[1:], True]
-    m = len(row)
-    pos = np.arange(m) + k  # one extra (bottom) point per earlier label
-    bottom = pos[last] + 1
-    size = m + int(k[-1]) + 1
-
-    def chain(edge: np.ndarray, pick) -> np.ndarray:
-        out = np.empty(size, dtype=I64)
-        out[pos] = pick(edge, np.where(new, edge, np.r_[edge[:1], edge[:-1]]))
-        out[bottom] = edge[last]
-        return out
-
-    y = np.empty(size, dtype=I64)
-    y[pos] = row
-    y[bottom] = row[last] + 1
-    cid = np.empty(size, dtype=I64)
-    cid[pos] = k
-    cid[bottom] = k[last]
-    return chain(xl, np.minimum), -chain(xr, np.maximum), y, cid, pos
+    x = chain.top
+    nxt = _next(chain, rows)
+    drop = x + x
+    drop = drop[1:] >= x[:-1] + nxt[1:]
+    drop[rows.first[1:] - 1] = False  # a hull's first point stays
+    if not drop.any():
+        return chain
+    alive = np.ones(len(x), dtype=bool)
+    alive[1:] = ~drop
+    m, n = len(x), len(chain.bottom)
+    lost = np.zeros(n, dtype=bool)
+    lost[rows.k[np.flatnonzero(drop) + 1]] = True
+    # the remaining points of those hulls, in chain order over [top points, bottom points]
+    live = np.flatnonzero(alive & lost[rows.k])
+    hulls = np.flatnonzero(lost)
+    rank = np.cumsum(lost) - 1
+    work = np.empty(len(live) + len(hulls), dtype=I64)
+    work[np.arange(len(live)) + rank[rows.k[live]]] = live
+    ends = np.cumsum(np.bincount(rows.k[live], minlength=n))[hulls] + np.arange(len(hulls))
+    work[ends] = m + hulls
+    kept = _prune(
+        np.r_[x, chain.bottom], np.r_[rows.row, rows.y_bottom], np.r_[rows.k, np.arange(n)],
+        work, n,
+    )
+    alive &= kept[:m]
+    return Chain(x, chain.bottom, alive)
 
 
 def _prune(
@@ -262,9 +319,10 @@ def _prune(
 ) -> np.ndarray:
     """Lower convex envelope of each chain (x as a function of y), by parallel removal.
 
-    ``work`` are the points of the chains that may lose points (those of three or more).
-    A chain with nothing removed in a pass is final and leaves the working set, so later
-    passes only touch the few chains still changing. Returns which points are vertices.
+    ``work`` are the points of the chains that may lose points, in chain order. A point on
+    or right of its neighbours' chord is never a vertex of the envelope, so all such points
+    go at once; a chain with nothing removed in a pass is final and leaves the working set,
+    so later passes only touch the few chains still changing. Returns which points are left.
     """
     alive = np.ones(len(x), dtype=bool)
     flag = np.zeros(n_chains, dtype=bool)
@@ -286,49 +344,29 @@ def _prune(
     return alive
 
 
-def _boundary_rows(
-    x: np.ndarray, y: np.ndarray, alive: np.ndarray, pos: np.ndarray, row: np.ndarray
-) -> Tuple[np.ndarray, ...]:
-    """One chain's boundary over each row ``row`` (from point ``pos`` to ``pos + 1``).
+def _boundary_rows(chain: Chain, rows: _Rows) -> Tuple[np.ndarray, ...]:
+    """One side's boundary over each row: ``(n0, n1, d, s)``.
 
-    The row lies on the hull edge between the last vertex at or above it and the first
-    below it: at heights ``row`` and ``row + 1`` the boundary is ``n0 / d`` and
-    ``(n0 + dx) / d``. Also returns the sum of the edge's two end x, twice the integral of
-    x over the row (the trapezoid rule, exact for a straight edge).
+    The row lies on the hull edge from the last vertex at or above it to the first below
+    it: at the row's top and bottom heights the boundary is ``n0 / d`` and ``n1 / d``.
+    ``s`` is the sum of the edge's two end x, twice the integral of x over the row (the
+    trapezoid rule, exact for a straight edge).
     """
-    if alive.all():  # nothing pruned: every row is its own edge
-        before, after = pos, pos + 1
-    else:
-        at = np.arange(len(x))
-        before = np.maximum.accumulate(np.where(alive, at, 0))[pos]
-        after = np.minimum.accumulate(np.where(alive, at, len(x))[::-1])[::-1][pos + 1]
-    xb, yb, xa = x[before], y[before], x[after]
-    d, dx = y[after] - yb, xa - xb
-    n0 = xb * d + (row - yb) * dx
+    x, m = chain.top, len(chain.top)
+    if chain.alive.all():  # nothing pruned: every row is its own edge
+        nxt = _next(chain, rows)
+        return x, nxt, np.ones(m, dtype=I64), x + nxt
+    live = np.flatnonzero(chain.alive)
+    seen = np.cumsum(chain.alive)  # vertices up to each row's top point
+    before = live[seen - 1]
+    after = np.r_[live, m][seen]  # the first vertex below the row's top point
+    # past a hull's last top vertex the edge ends at the hull's bottom point, which sits
+    # at m + k in the points [top points, bottom points]
+    cross = np.r_[rows.new, True][after]
+    after += cross * (m + rows.k - after)
+    xa = np.r_[x, chain.bottom][after]
+    ya = np.r_[rows.row, rows.y_bottom][after]
+    xb, yb = x[before], rows.row[before]
+    d, dx = ya - yb, xa - xb
+    n0 = xb * d + (rows.row - yb) * dx
     return n0, n0 + dx, d, xb + xa
-
-
-def rasterise(t: Trapezoids, examples: np.ndarray, h: int, w: int) -> np.ndarray:
-    """``(len(examples), h, w)`` bool: pixels whose centre lies inside or on a hull.
-
-    ``examples`` are positions in the stacked image (example ``i`` starts at row
-    ``i * (h + 1)``). At the pixel-centre height the left boundary is ``(l0 + l1) / (2 dl)``;
-    pixel ``c`` is in when ``c + 1/2`` lies between the two boundaries, decided in integers.
-    """
-    n = len(examples)
-    mask = np.zeros(n * h * w, dtype=bool)
-    if len(t.hull) and n:
-        where = np.full(int(max(examples.max(), t.row.max() // (h + 1))) + 1, -1, dtype=I64)
-        where[examples] = np.arange(n)
-        slot = where[t.row // (h + 1)]
-        sel = slot >= 0
-        nl = t.l0[sel] + t.l1[sel] - t.dl[sel]
-        nr = t.r0[sel] + t.r1[sel] - t.dr[sel]
-        c0 = np.clip(-((-nl) // (2 * t.dl[sel])), 0, w)
-        c1 = np.clip(nr // (2 * t.dr[sel]) + 1, 0, w)
-        start = (slot[sel] * h + t.row[sel] % (h + 1)) * w + c0
-        length = np.maximum(c1 - c0, 0)
-        # fill each row run directly: work grows with the covered pixels, not the image
-        run_start = np.cumsum(length) - length
-        mask[np.repeat(start - run_start, length) + np.arange(int(length.sum()))] = True
-    return mask.reshape(n, h, w)

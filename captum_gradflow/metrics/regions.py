@@ -9,8 +9,8 @@ degenerate polygon of area 0.
 Everything is batched over examples: the kept pixels of all maps are labelled in one
 scikit-image call (maps stacked with an empty row between them and an empty column on each
 side), and the hulls of all components are computed together in exact integer arithmetic
-(``_hulls``). Shapely builds the polygons handed to the user, on first access; the areas do
-not need it.
+(``_hulls``; their overlaps and rasterisation in ``_trapezoids``). Shapely builds the
+polygons handed to the user, on first access; the areas do not need it.
 """
 from __future__ import annotations
 
@@ -33,13 +33,12 @@ from captum_gradflow.maps import (  # noqa: F401  (reduce_channels: re-exported)
     reduce_channels_numpy,
     top_q_mask,
 )
-from captum_gradflow.metrics._hull_unions import overlapping_pairs, union_correction
-from captum_gradflow.metrics._hulls import (
-    ChunkHulls,
-    HullGeometry,
+from captum_gradflow.metrics._hulls import ChunkHulls, HullGeometry, component_hulls
+from captum_gradflow.metrics._trapezoids import (
     Trapezoids,
-    component_hulls,
+    overlapping_pairs,
     rasterise,
+    union_correction,
 )
 from captum_gradflow.metrics.volume_regions import RegionSet, VolumeRegions, regions_of_volumes
 

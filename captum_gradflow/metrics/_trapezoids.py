@@ -1,17 +1,70 @@
-"""Exact area of the union of overlapping 2-D hulls, row by row of pixels.
+"""Hulls cut into row trapezoids: rasterisation, overlapping pairs, and the exact area of
+the union of overlapping hulls.
 
-The hulls of ``_hulls`` are cut at consecutive integer heights into trapezoids with exact
-rational boundaries. Two hulls can only overlap inside rows where both have a trapezoid, so
-the overlapping pairs are found per row (exact integer tests), and only the rows with an
-overlap are measured: the union of their trapezoids minus the sum of their areas.
+The hulls of ``_hulls`` have integer vertices, so between two consecutive integer heights
+every hull is a trapezoid with exact rational boundaries. Rasterising them (pixel centres
+inside or on a hull) and testing whether two of them overlap are exact integer comparisons.
+Two hulls can only overlap inside rows where both have a trapezoid, so the overlapping pairs
+are found per row, and only the rows with an overlap are measured: the union of their
+trapezoids minus the sum of their areas.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 
-from captum_gradflow.metrics._hulls import I64, Trapezoids
+I64 = np.int64
+
+
+@dataclass(frozen=True)
+class Trapezoids:
+    """Each hull cut at consecutive integer heights ``row`` and ``row + 1``.
+
+    Left boundary at ``row`` is ``l0 / dl`` and at ``row + 1`` is ``l1 / dl``; right boundary
+    ``r0 / dr``, ``r1 / dr`` (exact rationals, positive denominators). ``hull`` is the index.
+    """
+
+    hull: np.ndarray
+    row: np.ndarray
+    l0: np.ndarray
+    l1: np.ndarray
+    dl: np.ndarray
+    r0: np.ndarray
+    r1: np.ndarray
+    dr: np.ndarray
+
+    @staticmethod
+    def empty() -> "Trapezoids":
+        z = np.zeros(0, dtype=I64)
+        return Trapezoids(z, z, z, z, z, z, z, z)
+
+
+def rasterise(t: Trapezoids, examples: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``(len(examples), h, w)`` bool: pixels whose centre lies inside or on a hull.
+
+    ``examples`` are positions in the stacked image (example ``i`` starts at row
+    ``i * (h + 1)``). At the pixel-centre height the left boundary is ``(l0 + l1) / (2 dl)``;
+    pixel ``c`` is in when ``c + 1/2`` lies between the two boundaries, decided in integers.
+    """
+    n = len(examples)
+    mask = np.zeros(n * h * w, dtype=bool)
+    if len(t.hull) and n:
+        where = np.full(int(max(examples.max(), t.row.max() // (h + 1))) + 1, -1, dtype=I64)
+        where[examples] = np.arange(n)
+        slot = where[t.row // (h + 1)]
+        sel = slot >= 0
+        nl = t.l0[sel] + t.l1[sel] - t.dl[sel]
+        nr = t.r0[sel] + t.r1[sel] - t.dr[sel]
+        c0 = np.clip(-((-nl) // (2 * t.dl[sel])), 0, w)
+        c1 = np.clip(nr // (2 * t.dr[sel]) + 1, 0, w)
+        start = (slot[sel] * h + t.row[sel] % (h + 1)) * w + c0
+        length = np.maximum(c1 - c0, 0)
+        # fill each row run directly: work grows with the covered pixels, not the image
+        run_start = np.cumsum(length) - length
+        mask[np.repeat(start - run_start, length) + np.arange(int(length.sum()))] = True
+    return mask.reshape(n, h, w)
 
 
 def overlapping_pairs(t: Trapezoids, by_row: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
