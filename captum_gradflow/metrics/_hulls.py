@@ -101,24 +101,33 @@ def component_hulls(
         z = np.zeros(0, dtype=I64)
         side = Chain(z, z, np.zeros(0, dtype=bool))
         return ChunkHulls(side, side, z, z, z, z, z), Trapezoids.empty(), z
+    rows, left, right, by_row = _rows_and_chains(labels, inside, n_labels)
+    l0, l1, dl, left_sum = _boundary_rows(left, rows)
+    r0, r1, dr, right_sum = _boundary_rows(right, rows)
+    # twice the area: per row, the right edge's two end x minus the left edge's
+    both = left_sum + right_sum
+    total = np.cumsum(both)
+    area2 = total[rows.first] - total[rows.last] - both[rows.first]
+    hulls = ChunkHulls(left, right, rows.row, rows.k, rows.y_bottom, area2, rows.row[rows.first])
+    return hulls, Trapezoids(rows.k, rows.row, l0, l1, dl, -r0, -r1, dr), by_row
+
+
+def _rows_and_chains(
+    labels: np.ndarray, inside: np.ndarray, n_labels: int
+) -> Tuple["_Rows", "Chain", "Chain", np.ndarray]:
+    """The rows of all hulls, their left and (negated) right chains pruned to the hull
+    vertices, and the rows listed by row, then by left edge."""
     lab, row, xl, xr, by_row = _row_spans(labels, inside, n_labels)
     new = np.empty(len(lab), dtype=bool)
     new[0] = True
     np.not_equal(lab[1:], lab[:-1], out=new[1:])
     first = np.flatnonzero(new)
     last = np.r_[first[1:] - 1, len(lab) - 1]
-    k = np.cumsum(new) - 1
-    rows = _Rows(new, first, last, k, row, row[last] + 1)
+    rows = _Rows(new, first, last, np.cumsum(new) - 1, row, row[last] + 1)
     # the right chain is the lower envelope of -x: one code for both sides
     left = _envelope(_chain(xl, np.minimum, rows), rows)
     right = _envelope(_chain(xr, np.maximum, rows, negate=True), rows)
-    l0, l1, dl, left_sum = _boundary_rows(left, rows)
-    r0, r1, dr, right_sum = _boundary_rows(right, rows)
-    # twice the area: per row, the right edge's two end x minus the left edge's
-    total = np.cumsum(left_sum + right_sum)
-    area2 = total[first] - total[last] - (left_sum + right_sum)[first]
-    hulls = ChunkHulls(left, right, row, k, rows.y_bottom, area2, row[first])
-    return hulls, Trapezoids(k, row, l0, l1, dl, -r0, -r1, dr), by_row
+    return rows, left, right, by_row
 
 
 @dataclass(frozen=True)
@@ -352,10 +361,15 @@ def _boundary_rows(chain: Chain, rows: _Rows) -> Tuple[np.ndarray, ...]:
     ``s`` is the sum of the edge's two end x, twice the integral of x over the row (the
     trapezoid rule, exact for a straight edge).
     """
-    x, m = chain.top, len(chain.top)
     if chain.alive.all():  # nothing pruned: every row is its own edge
         nxt = _next(chain, rows)
-        return x, nxt, np.ones(m, dtype=I64), x + nxt
+        return chain.top, nxt, np.ones(len(nxt), dtype=I64), chain.top + nxt
+    return _edges_over_rows(chain, rows)
+
+
+def _edges_over_rows(chain: Chain, rows: _Rows) -> Tuple[np.ndarray, ...]:
+    """:func:`_boundary_rows` where vertices were removed: each row's enclosing edge."""
+    x, m = chain.top, len(chain.top)
     live = np.flatnonzero(chain.alive)
     seen = np.cumsum(chain.alive)  # vertices up to each row's top point
     before = live[seen - 1]
