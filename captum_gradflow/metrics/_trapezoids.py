@@ -149,8 +149,9 @@ def union_correction(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> Tuple[np.nd
     cross_t, cross_seg = [np.zeros(len(start)), np.ones(len(start))], [np.arange(len(start))] * 2
     for p0, p1, q0, q1 in ((l0, l1, l0, l1), (r0, r1, r0, r1), (l0, l1, r0, r1), (r0, r1, l0, l1)):
         g0, g1 = p0[i] - q0[j], p1[i] - q1[j]
-        x = g0 * g1 < 0
-        cross_t.append(g0[x] / (g0[x] - g1[x]))
+        x = np.flatnonzero(g0 * g1 < 0)  # indices: boolean masks this irregular are slow
+        g0 = g0[x]
+        cross_t.append(g0 / (g0 - g1[x]))
         cross_seg.append(seg[i[x]])
     ts, ss = np.concatenate(cross_t), np.concatenate(cross_seg)
     order = np.lexsort((ts, ss))
