@@ -233,6 +233,19 @@ def test_overlap_candidates_find_every_overlapping_pair():
     assert found == expected and len(expected) > 20
 
 
+@pytest.mark.parametrize("q, threshold", [(0.2, None), (0.5, None), (1.0, None), (0.2, 1.0)])
+def test_kept_pixels_are_top_q_mask_selection(q, threshold):
+    # keep_pixels calls top_q_mask's NumPy selection directly: it must stay the same one
+    from captum_gradflow.maps import top_q_mask
+
+    rng = np.random.default_rng(4)
+    maps = rng.choice([0.0, 0.5, 1.0, 2.0], size=(6, 9, 8)).astype(np.float32)  # ties, zeros
+    maps[1] = 0.0
+    maps[2] = 1.0
+    kept, _ = regions_module.keep_pixels(maps, q, threshold)
+    assert np.array_equal(kept, top_q_mask(torch.from_numpy(maps), q, threshold).mask.numpy())
+
+
 def test_more_components_than_sixteen_bit_labels(monkeypatch):
     # isolated pixels on every other row and column, and a long line in the first map:
     # 77,401 components in one pass, more than 16-bit labels hold
