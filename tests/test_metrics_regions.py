@@ -9,6 +9,7 @@ from hypothesis.extra.numpy import arrays
 from skimage.measure import label
 
 from captum_gradflow.metrics import Regions, attribution_regions, reduce_channels
+from captum_gradflow.metrics import _hulls, _trapezoids
 from captum_gradflow.metrics import regions as regions_module
 
 
@@ -177,6 +178,92 @@ def test_matches_shapely_brute_force_including_overlapping_hulls(monkeypatch):
             for h in hulls:
                 raster |= shapely.intersects_xy(h, xx, yy)
             assert np.array_equal(raster, r.mask[i].numpy())
+
+
+def labelled_chunk(seed: int, connectivity: int):
+    """Labels of a few maps mixing pixel noise (tiny components) and smoothed noise (large
+    blobs whose hulls need several removal passes), stacked as ``attribution_regions`` does."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    noise = np.abs(rng.standard_normal((4, 36, 33)))
+    noise[2:] = gaussian_filter(noise[2:], sigma=(0, 1.5, 1.5))
+    kept, _ = regions_module.keep_pixels(noise.astype(np.float32), 0.3, None)
+    return regions_module._label(kept, connectivity, 1)
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_hull_vertices_and_areas_match_shapely_one_by_one(connectivity):
+    labels, inside, n = labelled_chunk(7, connectivity)
+    chunk, _, _ = _hulls.component_hulls(labels, inside, n)
+    hulls = chunk.vertices()
+    ours = hulls.polygons(np.arange(n), np.zeros(n, dtype=np.int64))
+    lab = labels[:, 1:-1]
+    for k in range(1, n + 1):
+        rows, cols = np.nonzero(lab == k)
+        ref = shapely.convex_hull(shapely.union_all(shapely.box(cols, rows, cols + 1, rows + 1)))
+        assert hulls.area2[k - 1] == 2 * ref.area  # exact: integer vertices
+        # the same vertices (collinear points removed), not merely the same shape
+        assert set(ours[k - 1].exterior.coords) == set(ref.exterior.coords)
+    assert n > 100 and (np.bincount(lab.ravel())[1:] > 20).sum() >= 5  # tiny and large
+
+
+def test_row_edges_without_removal_take_the_general_path_result():
+    labels, inside, n = labelled_chunk(8, 2)
+    rows, left, right, _ = _hulls._rows_and_chains(labels, inside, n)
+    for chain in (left, right):
+        assert not chain.alive.all()  # the general path has work to do
+        whole = _hulls.Chain(chain.top, chain.bottom, np.ones_like(chain.alive))
+        fast = _hulls._boundary_rows(whole, rows)
+        general = _hulls._edges_over_rows(whole, rows)
+        for a, b in zip(fast, general):
+            assert np.array_equal(a, b)
+
+
+def test_overlap_candidates_find_every_overlapping_pair():
+    labels, inside, n = labelled_chunk(9, 2)
+    _, t, by_row = _hulls.component_hulls(labels, inside, n)
+    a, b = _trapezoids.overlapping_pairs(t, by_row)
+    i, j = np.triu_indices(len(t.hull), 1)  # brute force: every pair of one row
+    same = t.row[i] == t.row[j]
+    i, j = i[same], j[same]
+    hit = _trapezoids._trapezoids_overlap(t, i, j)
+    expected = set(zip(i[hit].tolist(), j[hit].tolist()))
+    found = set(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist()))
+    assert found == expected and len(expected) > 20
+
+
+@pytest.mark.parametrize("q, threshold", [(0.2, None), (0.5, None), (1.0, None), (0.2, 1.0)])
+def test_kept_pixels_are_top_q_mask_selection(q, threshold):
+    # keep_pixels calls top_q_mask's NumPy selection directly: it must stay the same one
+    from captum_gradflow.maps import top_q_mask
+
+    rng = np.random.default_rng(4)
+    maps = rng.choice([0.0, 0.5, 1.0, 2.0], size=(6, 9, 8)).astype(np.float32)  # ties, zeros
+    maps[1] = 0.0
+    maps[2] = 1.0
+    kept, _ = regions_module.keep_pixels(maps, q, threshold)
+    assert np.array_equal(kept, top_q_mask(torch.from_numpy(maps), q, threshold).mask.numpy())
+
+
+def test_more_components_than_sixteen_bit_labels(monkeypatch):
+    # isolated pixels on every other row and column, and a long line in the first map:
+    # 77,401 components in one pass, more than 16-bit labels hold
+    monkeypatch.setattr(regions_module, "CHUNK_PIXELS", 2 * 300 * 520)
+    a = torch.zeros(2, 1, 300, 520)
+    a[:, 0, ::2, 4::2] = 1.0
+    a[0, 0, :, 0] = 1.0
+    r = attribution_regions(a, threshold=0.0)
+    dots = 150 * 258
+    assert r.n_regions.tolist() == [dots + 1, dots]
+    assert r.area.tolist() == [dots + 300.0, float(dots)]
+    assert torch.equal(r.mask, r.kept)
+    # each example gets its own hulls (they follow the label order), in its coordinates
+    assert sorted(p.area for p in r.polygons[0])[-2:] == [1.0, 300.0]
+    assert max(p.area for p in r.polygons[1]) == 1.0
+    for polygons in r.polygons:
+        bounds = shapely.bounds(np.asarray(polygons, dtype=object))
+        assert bounds.min() >= 0 and bounds[:, 3].max() <= 300
 
 
 @settings(max_examples=30, deadline=None)

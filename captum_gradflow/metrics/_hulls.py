@@ -13,22 +13,26 @@ that is not strictly convex w.r.t. its neighbours until none is left (a removed 
 never a vertex of the envelope, so removing many at once is safe). All vertices are integer
 points, hence:
 
-* hull areas come exactly from the shoelace formula;
-* between two consecutive integer heights every hull is a trapezoid, so the rasterisation
-  (pixel centres inside or on a hull) and the test whether two hulls overlap are exact
-  integer comparisons;
-* only groups of hulls that really overlap need a polygon union (shapely), for the exact
-  area of the union.
+* between two consecutive integer heights every hull is a trapezoid with exact rational
+  sides (``_trapezoids``), read off the chains without building edges;
+* hull areas are exact: twice the area of a row's trapezoid is an integer (the trapezoid
+  rule on each side's edge).
+
+Speed. The maps of real networks give tens of thousands of rows per pass, so the cost is
+the number of passes over arrays of that length: the code avoids boolean-mask indexing,
+``np.where`` with irregular masks, ``reduceat`` and sorts on wide keys, which cost several
+times an index gather there.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence, Tuple
 
 import numpy as np
 import shapely
 
-I64 = np.int64
+from captum_gradflow.metrics._trapezoids import I64, Trapezoids
 
 
 @dataclass(frozen=True)
@@ -86,119 +90,252 @@ class Hulls:
 
 def component_hulls(
     labels: np.ndarray, inside: np.ndarray, n_labels: int
-) -> Tuple[Hulls, "Trapezoids"]:
-    """Hulls of components ``1..n_labels`` of a 2-D label image, and their row trapezoids.
+) -> Tuple["ChunkHulls", "Trapezoids", np.ndarray]:
+    """Hulls of components ``1..n_labels`` of a 2-D label image, their row trapezoids, and
+    the trapezoids listed by row, then by the leftmost pixel of their component there.
 
     ``labels`` and the bool ``inside = labels > 0`` carry one empty column on each side;
     the coordinates returned are those of the image without them.
     """
     if n_labels == 0:
         z = np.zeros(0, dtype=I64)
-        return Hulls(z, z, z, z, z, z, z, z), Trapezoids.empty()
-    lab, row, xl, xr = _row_spans(labels, inside)
-    top = row[np.r_[True, lab[1:] != lab[:-1]]]
-    x, y, cid = _chains(lab, row, xl, xr)
-    x, y, cid = _prune(x, y, cid)
-    left = cid % 2 == 0
-    lx, ly, lk = x[left], y[left], cid[left] // 2
-    rx, ry, rk = -x[~left], y[~left], cid[~left] // 2
-    # twice the area: integral of x dy along the right chain minus along the left chain
-    area2 = _integral_x_dy(rx, ry, rk, n_labels) - _integral_x_dy(lx, ly, lk, n_labels)
-    hulls = Hulls(lx, ly, lk, rx, ry, rk, area2, top)
-    return hulls, _trapezoids(lx, ly, lk, rx, ry, rk)
+        side = Chain(z, z, np.zeros(0, dtype=bool))
+        return ChunkHulls(side, side, z, z, z, z, z), Trapezoids.empty(), z
+    rows, left, right, by_row = _rows_and_chains(labels, inside, n_labels)
+    l0, l1, dl, left_sum = _boundary_rows(left, rows)
+    r0, r1, dr, right_sum = _boundary_rows(right, rows)
+    # twice the area: per row, the right edge's two end x minus the left edge's
+    both = left_sum + right_sum
+    total = np.cumsum(both)
+    area2 = total[rows.first] - total[rows.last] - both[rows.first]
+    hulls = ChunkHulls(left, right, rows.row, rows.k, rows.y_bottom, area2, rows.row[rows.first])
+    return hulls, Trapezoids(rows.k, rows.row, l0, l1, dl, -r0, -r1, dr), by_row
 
 
-def concat_hulls(
-    hulls: Sequence[Hulls], trapezoids: Sequence["Trapezoids"], row0: Sequence[int]
-) -> Tuple[Hulls, "Trapezoids"]:
-    """Hulls and trapezoids of consecutive chunks of maps as one set: chunk ``i``'s rows
-    move down by ``row0[i]`` and its hull indices follow those of the chunks before it."""
-    if len(hulls) == 1:
-        return hulls[0], trapezoids[0]
-    k0 = np.cumsum([0] + [len(h) for h in hulls[:-1]])
-
-    def cat(parts, name, shift):
-        return np.concatenate([getattr(p, name) + d for p, d in zip(parts, shift)])
-
-    zero = [0] * len(hulls)
-    merged = Hulls(*(cat(hulls, f, d) for f, d in (
-        ("lx", zero), ("ly", row0), ("lk", k0), ("rx", zero), ("ry", row0), ("rk", k0),
-        ("area2", zero), ("top", row0))))
-    merged_t = Trapezoids(*(cat(trapezoids, f, d) for f, d in (
-        ("hull", k0), ("row", row0), ("l0", zero), ("l1", zero), ("dl", zero), ("r0", zero),
-        ("r1", zero), ("dr", zero))))
-    return merged, merged_t
+def _rows_and_chains(
+    labels: np.ndarray, inside: np.ndarray, n_labels: int
+) -> Tuple["_Rows", "Chain", "Chain", np.ndarray]:
+    """The rows of all hulls, their left and (negated) right chains pruned to the hull
+    vertices, and the rows listed by row, then by left edge."""
+    lab, row, xl, xr, by_row = _row_spans(labels, inside, n_labels)
+    new = np.empty(len(lab), dtype=bool)
+    new[0] = True
+    np.not_equal(lab[1:], lab[:-1], out=new[1:])
+    first = np.flatnonzero(new)
+    last = np.r_[first[1:] - 1, len(lab) - 1]
+    rows = _Rows(new, first, last, np.cumsum(new) - 1, row, row[last] + 1)
+    # the right chain is the lower envelope of -x: one code for both sides
+    left = _envelope(_chain(xl, np.minimum, rows), rows)
+    right = _envelope(_chain(xr, np.maximum, rows, negate=True), rows)
+    return rows, left, right, by_row
 
 
-def _integral_x_dy(x: np.ndarray, y: np.ndarray, k: np.ndarray, n: int) -> np.ndarray:
-    """Per chain, twice the integral of x dy (trapezoid rule, exact for straight edges)."""
-    same = k[1:] == k[:-1]
-    term = (x[1:] + x[:-1]) * (y[1:] - y[:-1])
-    return np.bincount(k[:-1][same], weights=term[same], minlength=n).astype(I64)
+@dataclass(frozen=True)
+class _Rows:
+    """The rows of all hulls, by hull then row: ``new`` marks each hull's first row,
+    ``first``/``last`` index each hull's first and last row, ``k`` is the hull of each row,
+    ``y_bottom`` the height below each hull's last row."""
+
+    new: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    k: np.ndarray
+    row: np.ndarray
+    y_bottom: np.ndarray
 
 
-def _row_spans(labels: np.ndarray, inside: np.ndarray) -> Tuple[np.ndarray, ...]:
-    """Per (label, row), sorted by label then row: the left edge and the right edge."""
-    n_rows, w = labels.shape[0], labels.shape[1] - 2
+@dataclass(frozen=True)
+class Chain:
+    """One side of every hull as a chain with one point per integer height: ``top`` the x
+    at the top of each row (by hull, then row), ``bottom`` the x below each hull's last row;
+    ``alive`` marks the top points that are hull vertices (the first and the bottom one of
+    each hull always are)."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+    alive: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChunkHulls:
+    """Hulls of one chunk of maps before their vertices are gathered (only polygons need them).
+
+    ``left`` and ``right`` are the left and the negated right chains (rows ``row`` of hull
+    ``k``, heights ``y_bottom`` below each hull); ``area2`` is twice each exact area,
+    ``top`` each hull's first row.
+    """
+
+    left: Chain
+    right: Chain
+    row: np.ndarray
+    k: np.ndarray
+    y_bottom: np.ndarray
+    area2: np.ndarray
+    top: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.area2)
+
+    def vertices(self) -> Hulls:
+        lx, ly, lk = self._vertices(self.left)
+        rx, ry, rk = self._vertices(self.right)
+        return Hulls(lx, ly, lk, -rx, ry, rk, self.area2, self.top)
+
+    def _vertices(self, chain: Chain) -> Tuple[np.ndarray, ...]:
+        """A side's vertices in chain order: each hull's live top points, then its bottom."""
+        n = len(self)
+        live = np.flatnonzero(chain.alive)
+        k = self.k[live]
+        # each earlier hull puts its bottom point before a top point
+        at_top = np.arange(len(live)) + k
+        at_bottom = np.cumsum(np.bincount(k, minlength=n)) + np.arange(n)
+        x, y, kk = (np.empty(len(live) + n, dtype=I64) for _ in range(3))
+        x[at_top], y[at_top], kk[at_top] = chain.top[live], self.row[live], k
+        x[at_bottom], y[at_bottom], kk[at_bottom] = chain.bottom, self.y_bottom, np.arange(n)
+        return x, y, kk
+
+
+class HullGeometry:
+    """Hulls and row trapezoids of all chunks of a batch as one set, built on first use.
+
+    Chunk ``i``'s rows move down by ``row0[i]`` and its hull indices follow those of the
+    chunks before it. Only the mask and the polygons need the merged set.
+    """
+
+    def __init__(
+        self, chunks: Sequence[ChunkHulls], trapezoids: Sequence["Trapezoids"],
+        row0: Sequence[int],
+    ) -> None:
+        self._chunks, self._trapezoids, self._row0 = list(chunks), list(trapezoids), list(row0)
+
+    @cached_property
+    def hulls(self) -> Hulls:
+        parts = [c.vertices() for c in self._chunks]
+        k0 = np.cumsum([0] + [len(c) for c in self._chunks[:-1]])
+        zero = [0] * len(parts)
+        return Hulls(*(_cat(parts, f, d) for f, d in (
+            ("lx", zero), ("ly", self._row0), ("lk", k0), ("rx", zero), ("ry", self._row0),
+            ("rk", k0), ("area2", zero), ("top", self._row0))))
+
+    @cached_property
+    def trapezoids(self) -> "Trapezoids":
+        k0 = np.cumsum([0] + [len(c) for c in self._chunks[:-1]])
+        zero = [0] * len(self._trapezoids)
+        return Trapezoids(*(_cat(self._trapezoids, f, d) for f, d in (
+            ("hull", k0), ("row", self._row0), ("l0", zero), ("l1", zero), ("dl", zero),
+            ("r0", zero), ("r1", zero), ("dr", zero))))
+
+
+def _cat(parts: Sequence[object], name: str, shift: Sequence[int]) -> np.ndarray:
+    return np.concatenate([getattr(p, name) + d for p, d in zip(parts, shift)])
+
+
+def _row_spans(labels: np.ndarray, inside: np.ndarray, n_labels: int) -> Tuple[np.ndarray, ...]:
+    """Per (label, row), sorted by label then row: the left edge and the right edge; and
+    these entries listed by row, then by left edge (``by_row``)."""
+    w = labels.shape[1] - 2
     # In a row padded with empty columns, runs start and end alternately where it changes.
     edge = np.flatnonzero(inside[:, 1:] ^ inside[:, :-1])
-    row, start, stop = edge[0::2] // (w + 1), edge[0::2] % (w + 1), edge[1::2] % (w + 1)
-    lab = labels[row, start + 1].astype(I64)
-    # Stable sort by label keeps raster order inside a label: rows ascend, columns ascend.
-    order = np.argsort(lab, kind="stable")
+    start, stop = edge[0::2], edge[1::2]
+    row = start // (w + 1)
+    lab = labels.reshape(-1)[start + row + 1]  # the run's first pixel in the padded image
+    # A stable sort by label keeps raster order inside a label (rows, then columns
+    # ascend); on 16-bit keys NumPy's stable sort is a radix sort, several times faster.
+    key = lab.astype(np.uint16) if n_labels < 2 ** 16 else lab
+    order = np.argsort(key, kind="stable")
     lab, row, start, stop = lab[order], row[order], start[order], stop[order]
-    key = lab * n_rows + row
-    first = np.r_[True, key[1:] != key[:-1]]
-    last = np.r_[key[1:] != key[:-1], True]
-    return lab[first], row[first], start[first], stop[last]
+    change = np.empty(len(lab), dtype=bool)
+    change[0] = True
+    np.not_equal(lab[1:], lab[:-1], out=change[1:])
+    change[1:] |= row[1:] != row[:-1]
+    first = np.flatnonzero(change)
+    last = np.r_[first[1:] - 1, len(lab) - 1]
+    # the (label, row) entries in raster order of their leftmost run, without a sort
+    raster = order[first]
+    at = np.empty(len(order), dtype=I64)
+    at[raster] = np.arange(len(first))
+    mark = np.zeros(len(order), dtype=bool)
+    mark[raster] = True
+    by_row = at[np.flatnonzero(mark)]
+    row, x0 = row[first], start[first]
+    x0 -= row * (w + 1)  # cheaper than % (w + 1)
+    x1 = stop[last] - row * (w + 1)
+    return lab[first], row, x0, x1, by_row
 
 
-def _chains(
-    lab: np.ndarray, row: np.ndarray, xl: np.ndarray, xr: np.ndarray
-) -> Tuple[np.ndarray, ...]:
-    """Left chain (x) and right chain (-x) of every component, one point per integer height.
+def _chain(edge: np.ndarray, pick, rows: _Rows, negate: bool = False) -> Chain:
+    """A side's chain before pruning: at height y between rows y - 1 and y the left boundary
+    is the smaller of the two rows' left edges (the right boundary the larger of their
+    right edges); the top and bottom heights take their single row's edges. ``negate``
+    gives -x."""
+    top = np.empty_like(edge)
+    top[0] = edge[0]
+    pick(edge[1:], edge[:-1], out=top[1:])
+    top[rows.first] = edge[rows.first]
+    bottom = edge[rows.last]
+    if negate:
+        np.negative(top, out=top)
+        np.negative(bottom, out=bottom)
+    return Chain(top, bottom, np.ones(len(edge), dtype=bool))
 
-    At height y between rows y - 1 and y the left boundary is the smaller of the two rows'
-    left edges (the right boundary the larger of their right edges); the top and bottom
-    heights take their single row's edges. Chain ``2k`` is hull k's left, ``2k + 1`` its right.
+
+def _next(chain: Chain, rows: _Rows) -> np.ndarray:
+    """The x of each top point's successor on its chain (the bottom point after a hull's
+    last row)."""
+    nxt = np.empty_like(chain.top)
+    nxt[:-1] = chain.top[1:]
+    nxt[rows.last] = chain.bottom
+    return nxt
+
+
+def _envelope(chain: Chain, rows: _Rows) -> Chain:
+    """The chain's lower convex envelope (x as a function of y): its vertices ``alive``.
+
+    The first pass of the parallel removal needs no gathering: heights are consecutive, so
+    a point is on or right of its neighbours' chord when twice its x is at least their sum.
+    Only the hulls that lost a point go on to :func:`_prune`.
     """
-    new = np.r_[True, lab[1:] != lab[:-1]]
-    last = np.r_[lab[1:] != lab[:-1], True]
-    k = np.cumsum(new) - 1
-    m, n_lab = len(lab), int(k[-1]) + 1
-    pos = np.arange(m) + k  # one extra (bottom) point per earlier label
-    bottom = np.flatnonzero(last)
-    size = m + n_lab
+    x = chain.top
+    nxt = _next(chain, rows)
+    drop = x + x
+    drop = drop[1:] >= x[:-1] + nxt[1:]
+    drop[rows.first[1:] - 1] = False  # a hull's first point stays
+    if not drop.any():
+        return chain
+    alive = np.ones(len(x), dtype=bool)
+    alive[1:] = ~drop
+    m, n = len(x), len(chain.bottom)
+    lost = np.zeros(n, dtype=bool)
+    lost[rows.k[np.flatnonzero(drop) + 1]] = True
+    # the remaining points of those hulls, in chain order over [top points, bottom points]
+    live = np.flatnonzero(alive & lost[rows.k])
+    hulls = np.flatnonzero(lost)
+    rank = np.cumsum(lost) - 1
+    work = np.empty(len(live) + len(hulls), dtype=I64)
+    work[np.arange(len(live)) + rank[rows.k[live]]] = live
+    ends = np.cumsum(np.bincount(rows.k[live], minlength=n))[hulls] + np.arange(len(hulls))
+    work[ends] = m + hulls
+    kept = _prune(
+        np.r_[x, chain.bottom], np.r_[rows.row, rows.y_bottom], np.r_[rows.k, np.arange(n)],
+        work, n,
+    )
+    alive &= kept[:m]
+    return Chain(x, chain.bottom, alive)
 
-    def chain(edge: np.ndarray, pick) -> np.ndarray:
-        prev = np.where(new, edge, np.r_[edge[:1], edge[:-1]])
-        out = np.empty(size, dtype=I64)
-        out[pos] = pick(edge, prev)
-        out[pos[bottom] + 1] = edge[bottom]
-        return out
 
-    y = np.empty(size, dtype=I64)
-    y[pos] = row
-    y[pos[bottom] + 1] = row[bottom] + 1
-    kk = np.empty(size, dtype=I64)
-    kk[pos] = k
-    kk[pos[bottom] + 1] = k[bottom]
-    x = np.concatenate([chain(xl, np.minimum), -chain(xr, np.maximum)])
-    return x, np.concatenate([y, y]), np.concatenate([2 * kk, 2 * kk + 1])
-
-
-def _prune(x: np.ndarray, y: np.ndarray, cid: np.ndarray) -> Tuple[np.ndarray, ...]:
+def _prune(
+    x: np.ndarray, y: np.ndarray, cid: np.ndarray, work: np.ndarray, n_chains: int
+) -> np.ndarray:
     """Lower convex envelope of each chain (x as a function of y), by parallel removal.
 
-    A chain with nothing removed in a pass is final and leaves the working set, so later
-    passes only touch the few chains still changing; chains of one or two points (components
-    of one row) never enter it.
+    ``work`` are the points of the chains that may lose points, in chain order. A point on
+    or right of its neighbours' chord is never a vertex of the envelope, so all such points
+    go at once; a chain with nothing removed in a pass is final and leaves the working set,
+    so later passes only touch the few chains still changing. Returns which points are left.
     """
     alive = np.ones(len(x), dtype=bool)
-    start = np.r_[True, cid[1:] != cid[:-1]]
-    chain_len = np.diff(np.r_[np.flatnonzero(start), len(x)])
-    idx = np.flatnonzero(np.repeat(chain_len > 2, chain_len))
-    flag = np.zeros(int(cid.max()) + 1 if len(cid) else 0, dtype=bool)
+    flag = np.zeros(n_chains, dtype=bool)
+    idx = work
     while len(idx) >= 3:
         xs, ys, cs = x[idx], y[idx], cid[idx]
         inner = (cs[1:-1] == cs[:-2]) & (cs[1:-1] == cs[2:])
@@ -213,185 +350,37 @@ def _prune(x: np.ndarray, y: np.ndarray, cid: np.ndarray) -> Tuple[np.ndarray, .
         flag[cs[drop]] = False
         active[drop] = False
         idx = idx[active]
-    return x[alive], y[alive], cid[alive]
+    return alive
 
 
-@dataclass(frozen=True)
-class Trapezoids:
-    """Each hull cut at consecutive integer heights ``row`` and ``row + 1``.
+def _boundary_rows(chain: Chain, rows: _Rows) -> Tuple[np.ndarray, ...]:
+    """One side's boundary over each row: ``(n0, n1, d, s)``.
 
-    Left boundary at ``row`` is ``l0 / dl`` and at ``row + 1`` is ``l1 / dl``; right boundary
-    ``r0 / dr``, ``r1 / dr`` (exact rationals, positive denominators). ``hull`` is the index.
+    The row lies on the hull edge from the last vertex at or above it to the first below
+    it: at the row's top and bottom heights the boundary is ``n0 / d`` and ``n1 / d``.
+    ``s`` is the sum of the edge's two end x, twice the integral of x over the row (the
+    trapezoid rule, exact for a straight edge).
     """
-
-    hull: np.ndarray
-    row: np.ndarray
-    l0: np.ndarray
-    l1: np.ndarray
-    dl: np.ndarray
-    r0: np.ndarray
-    r1: np.ndarray
-    dr: np.ndarray
-
-    @staticmethod
-    def empty() -> "Trapezoids":
-        z = np.zeros(0, dtype=I64)
-        return Trapezoids(z, z, z, z, z, z, z, z)
+    if chain.alive.all():  # nothing pruned: every row is its own edge
+        nxt = _next(chain, rows)
+        return chain.top, nxt, np.ones(len(nxt), dtype=I64), chain.top + nxt
+    return _edges_over_rows(chain, rows)
 
 
-def _edge_rows(x, y, k) -> Tuple[np.ndarray, ...]:
-    """Expand a chain's edges to one entry per integer row they span."""
-    same = k[1:] == k[:-1]
-    xa, ya, xb, yb, kk = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same], k[:-1][same]
-    span = yb - ya
-    if (span == 1).all():  # nothing pruned: one row per edge
-        return kk, ya, xa, xb, span
-    # repeating each edge's values is cheaper than gathering them through an index
-    step = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
-    d, dx = np.repeat(span, span), np.repeat(xb - xa, span)
-    n0 = np.repeat(xa, span) * d + step * dx
-    return np.repeat(kk, span), np.repeat(ya, span) + step, n0, n0 + dx, d
-
-
-def _trapezoids(lx, ly, lk, rx, ry, rk) -> Trapezoids:
-    # Both chains of a hull cover the same rows in the same order, so entries align 1:1.
-    hull, row, l0, l1, dl = _edge_rows(lx, ly, lk)
-    _, _, r0, r1, dr = _edge_rows(rx, ry, rk)
-    return Trapezoids(hull, row, l0, l1, dl, r0, r1, dr)
-
-
-def rasterise(t: Trapezoids, examples: np.ndarray, h: int, w: int) -> np.ndarray:
-    """``(len(examples), h, w)`` bool: pixels whose centre lies inside or on a hull.
-
-    ``examples`` are positions in the stacked image (example ``i`` starts at row
-    ``i * (h + 1)``). At the pixel-centre height the left boundary is ``(l0 + l1) / (2 dl)``;
-    pixel ``c`` is in when ``c + 1/2`` lies between the two boundaries, decided in integers.
-    """
-    n = len(examples)
-    mask = np.zeros(n * h * w, dtype=bool)
-    if len(t.hull) and n:
-        where = np.full(int(max(examples.max(), t.row.max() // (h + 1))) + 1, -1, dtype=I64)
-        where[examples] = np.arange(n)
-        slot = where[t.row // (h + 1)]
-        sel = slot >= 0
-        nl = t.l0[sel] + t.l1[sel] - t.dl[sel]
-        nr = t.r0[sel] + t.r1[sel] - t.dr[sel]
-        c0 = np.clip(-((-nl) // (2 * t.dl[sel])), 0, w)
-        c1 = np.clip(nr // (2 * t.dr[sel]) + 1, 0, w)
-        start = (slot[sel] * h + t.row[sel] % (h + 1)) * w + c0
-        length = np.maximum(c1 - c0, 0)
-        # fill each row run directly: work grows with the covered pixels, not the image
-        run_start = np.cumsum(length) - length
-        mask[np.repeat(start - run_start, length) + np.arange(int(length.sum()))] = True
-    return mask.reshape(n, h, w)
-
-
-def overlapping_pairs(t: Trapezoids) -> Tuple[np.ndarray, np.ndarray]:
-    """Pairs of trapezoids (indices into ``t``) of one row whose interiors overlap.
-
-    Candidates are trapezoids of the same row whose x ranges overlap (float, generous); the
-    exact test: two trapezoids between heights 0 and 1 overlap with positive area iff their
-    intervals overlap at height 0 or at height 1, or their midpoints swap order in between
-    (their widths are positive inside, so a swap forces an overlap).
-    """
-    none = (np.zeros(0, dtype=I64), np.zeros(0, dtype=I64))
-    if len(t.hull) < 2:
-        return none
-    lo = np.minimum(t.l0, t.l1) / t.dl
-    hi = np.maximum(t.r0, t.r1) / t.dr
-    # Sorted by (row, lo): the partners of i are the following entries of its row whose lo
-    # is below hi_i. The key keeps rows apart (x stays within [0, w], far below the stride).
-    stride = float(np.ceil(max(hi.max(), 0.0)) + 4.0)
-    key = t.row * stride + lo
-    order = np.argsort(key)
-    key, hi_s = key[order], hi[order]
-    stop = np.searchsorted(key, t.row[order] * stride + hi_s + 1e-6, side="left")
-    count = np.maximum(stop - np.arange(len(key)) - 1, 0)
-    if count.sum() == 0:
-        return none
-    a = np.repeat(np.arange(len(key)), count)
-    b = a + 1 + np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-    a, b = order[a], order[b]
-    hit = _trapezoids_overlap(t, a, b)
-    return a[hit], b[hit]
-
-
-def union_correction(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Per row with overlaps: area of the union of its overlapping trapezoids minus their sum.
-
-    Inside one row every boundary is a straight segment, so the length of the union of the
-    cross-sections is linear between the heights where two boundaries cross; it is
-    evaluated at those heights (sorting and merging the intervals) and integrated by the
-    trapezoid rule, which is exact for a piecewise-linear function. Returns ``(rows,
-    correction)`` with ``correction <= 0``.
-    """
-    if len(a) == 0:
-        return np.zeros(0, dtype=I64), np.zeros(0)
-    members = np.unique(np.r_[a, b])
-    members = members[np.argsort(t.row[members], kind="stable")]
-    rows = t.row[members]
-    first = np.r_[True, rows[1:] != rows[:-1]]
-    seg = np.cumsum(first) - 1
-    start = np.flatnonzero(first)
-    k = np.diff(np.r_[start, len(members)])
-    l0, l1 = t.l0[members] / t.dl[members], t.l1[members] / t.dl[members]
-    r0, r1 = t.r0[members] / t.dr[members], t.r1[members] / t.dr[members]
-
-    # all pairs inside each row, and the heights in (0, 1) where two boundaries cross
-    pos = np.arange(len(members)) - start[seg]
-    n_after = k[seg] - 1 - pos
-    i = np.repeat(np.arange(len(members)), n_after)
-    j = i + 1 + np.arange(int(n_after.sum())) - np.repeat(np.cumsum(n_after) - n_after, n_after)
-    cross_t, cross_seg = [np.zeros(len(start)), np.ones(len(start))], [np.arange(len(start))] * 2
-    for p0, p1, q0, q1 in ((l0, l1, l0, l1), (r0, r1, r0, r1), (l0, l1, r0, r1), (r0, r1, l0, l1)):
-        g0, g1 = p0[i] - q0[j], p1[i] - q1[j]
-        x = g0 * g1 < 0
-        cross_t.append(g0[x] / (g0[x] - g1[x]))
-        cross_seg.append(seg[i[x]])
-    ts, ss = np.concatenate(cross_t), np.concatenate(cross_seg)
-    order = np.lexsort((ts, ss))
-    ts, ss = ts[order], ss[order]
-
-    # union length at every sample height: intervals sorted by left end, merged with a
-    # running maximum of right ends (offset per sample so it restarts at each sample)
-    size = k[ss]
-    sample = np.repeat(np.arange(len(ts)), size)
-    member = start[ss][sample] + np.arange(int(size.sum()))
-    member -= np.repeat(np.cumsum(size) - size, size)
-    tt = ts[sample]
-    left = l0[member] + tt * (l1[member] - l0[member])
-    right = r0[member] + tt * (r1[member] - r0[member])
-    offset = sample * (float(max(right.max(), 0.0)) + 2.0)
-    by_left = np.lexsort((left, sample))
-    left, right = left[by_left] + offset[by_left], right[by_left] + offset[by_left]
-    covered = np.maximum.accumulate(right)
-    reach = np.maximum(left, np.r_[-np.inf, covered[:-1]])
-    length = np.bincount(sample[by_left], weights=np.maximum(right - reach, 0.0), minlength=len(ts))
-
-    same = ss[1:] == ss[:-1]
-    piece = np.diff(ts) * (length[1:] + length[:-1]) / 2.0
-    union = np.bincount(ss[:-1][same], weights=piece[same], minlength=len(start))
-    own = np.bincount(seg, weights=((r0 - l0) + (r1 - l1)) / 2.0, minlength=len(start))
-    return rows[start], np.minimum(union - own, 0.0)
-
-
-def _less(n1: np.ndarray, d1: np.ndarray, n2: np.ndarray, d2: np.ndarray) -> np.ndarray:
-    """``n1 / d1 < n2 / d2`` for positive denominators, exactly."""
-    return n1 * d2 < n2 * d1
-
-
-def _trapezoids_overlap(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    def at(i, top: bool):
-        return (t.l0[i] if top else t.l1[i]), t.dl[i], (t.r0[i] if top else t.r1[i]), t.dr[i]
-
-    hit = np.zeros(len(a), dtype=bool)
-    sign = []
-    for top in (True, False):
-        la, dla, ra, dra = at(a, top)
-        lb, dlb, rb, drb = at(b, top)
-        hit |= _less(lb, dlb, ra, dra) & _less(la, dla, rb, drb)
-        # midpoint order: (la/dla + ra/dra) vs (lb/dlb + rb/drb), over common denominators
-        ma = (la * dra + ra * dla) * (dlb * drb)
-        mb = (lb * drb + rb * dlb) * (dla * dra)
-        sign.append(np.sign(ma - mb))
-    return hit | (sign[0] * sign[1] < 0)
+def _edges_over_rows(chain: Chain, rows: _Rows) -> Tuple[np.ndarray, ...]:
+    """:func:`_boundary_rows` where vertices were removed: each row's enclosing edge."""
+    x, m = chain.top, len(chain.top)
+    live = np.flatnonzero(chain.alive)
+    seen = np.cumsum(chain.alive)  # vertices up to each row's top point
+    before = live[seen - 1]
+    after = np.r_[live, m][seen]  # the first vertex below the row's top point
+    # past a hull's last top vertex the edge ends at the hull's bottom point, which sits
+    # at m + k in the points [top points, bottom points]
+    cross = np.r_[rows.new, True][after]
+    after += cross * (m + rows.k - after)
+    xa = np.r_[x, chain.bottom][after]
+    ya = np.r_[rows.row, rows.y_bottom][after]
+    xb, yb = x[before], rows.row[before]
+    d, dx = ya - yb, xa - xb
+    n0 = xb * d + (rows.row - yb) * dx
+    return n0, n0 + dx, d, xb + xa

@@ -9,8 +9,8 @@ degenerate polygon of area 0.
 Everything is batched over examples: the kept pixels of all maps are labelled in one
 scikit-image call (maps stacked with an empty row between them and an empty column on each
 side), and the hulls of all components are computed together in exact integer arithmetic
-(``_hulls``). Shapely builds the polygons handed to the user, on first access; the areas do
-not need it.
+(``_hulls``; their overlaps and rasterisation in ``_trapezoids``). Shapely builds the
+polygons handed to the user, on first access; the areas do not need it.
 """
 from __future__ import annotations
 
@@ -31,13 +31,11 @@ from captum_gradflow.maps import (  # noqa: F401  (reduce_channels: re-exported)
     check_reduce,
     reduce_channels,
     reduce_channels_numpy,
-    top_q_mask,
+    top_k_numpy,
 )
-from captum_gradflow.metrics._hulls import (
-    Hulls,
+from captum_gradflow.metrics._hulls import ChunkHulls, HullGeometry, component_hulls
+from captum_gradflow.metrics._trapezoids import (
     Trapezoids,
-    component_hulls,
-    concat_hulls,
     overlapping_pairs,
     rasterise,
     union_correction,
@@ -79,21 +77,19 @@ class Regions(RegionSet):
         n_regions: Tensor,
         kept: Tensor,
         notes: List[str],
-        hulls: Hulls,
-        trapezoids: Trapezoids,
+        geometry: HullGeometry,
         first_hull: np.ndarray,
         stacked_index: np.ndarray,
     ) -> None:
         super().__init__(area, n_regions, kept, notes)
-        self._hulls = hulls
-        self._trapezoids = trapezoids
+        self._geometry = geometry  # hulls and trapezoids of the whole batch, merged on use
         self._first_hull = first_hull  # index of each example's first hull
         self._stacked_index = stacked_index  # each example's position in the stacked image
 
     @cached_property
     def mask(self) -> Tensor:
         _, h, w = self.kept.shape
-        return torch.from_numpy(rasterise(self._trapezoids, self._stacked_index, h, w))
+        return torch.from_numpy(rasterise(self._geometry.trapezoids, self._stacked_index, h, w))
 
     @cached_property
     def polygons(self) -> List[List[BaseGeometry]]:
@@ -101,7 +97,7 @@ class Regions(RegionSet):
         bounds = np.r_[0, np.cumsum(counts)]
         idx = np.repeat(self._first_hull - bounds[:-1], counts) + np.arange(int(bounds[-1]))
         row0 = self._stacked_index * (self.kept.shape[1] + 1)
-        polys = self._hulls.polygons(idx, np.repeat(row0, counts))
+        polys = self._geometry.hulls.polygons(idx, np.repeat(row0, counts))
         return [polys[bounds[i]:bounds[i + 1]].tolist() for i in range(len(self))]
 
     @cached_property
@@ -114,7 +110,7 @@ class Regions(RegionSet):
     def _select(self, idx: slice, pick: np.ndarray) -> "Regions":
         return Regions(
             self.area[idx], self.n_regions[idx], self.kept[idx],
-            [self.notes[i] for i in pick], self._hulls, self._trapezoids,
+            [self.notes[i] for i in pick], self._geometry,
             self._first_hull[pick], self._stacked_index[pick],
         )
 
@@ -275,7 +271,7 @@ def regions_of_maps(
         kept, chunk_notes = keep_pixels(maps[i:i + chunk], q, threshold)
         notes += chunk_notes
         parts.append(_regions_of_chunk(kept, connectivity or 2, min_size))
-    hulls, trapezoids = concat_hulls(
+    geometry = HullGeometry(
         [p[1] for p in parts], [p[2] for p in parts], [i * (h + 1) for i in range(0, n, chunk)]
     )
     counts = np.concatenate([p[4] for p in parts])
@@ -284,8 +280,7 @@ def regions_of_maps(
         n_regions=torch.from_numpy(counts),
         kept=torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts]))),
         notes=notes,
-        hulls=hulls,
-        trapezoids=trapezoids,
+        geometry=geometry,
         first_hull=np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64),
         stacked_index=np.arange(n, dtype=np.int64),
     )
@@ -293,20 +288,20 @@ def regions_of_maps(
 
 def _regions_of_chunk(
     kept: np.ndarray, connectivity: int, min_size: int
-) -> Tuple[np.ndarray, Hulls, Trapezoids, np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, ChunkHulls, Trapezoids, np.ndarray, np.ndarray]:
     """Kept pixels (after ``min_size``), hulls, trapezoids, union areas and region counts
     of a few ``(n, H, W)`` maps, in the stacked coordinates of these maps."""
     n, h, w = kept.shape
     labels, inside, n_labels = _label(kept, connectivity, min_size)
     if min_size > 1:
         kept = inside.reshape(n, h + 1, w + 2)[:, :h, 1:-1]
-    hulls, trapezoids = component_hulls(labels, inside, n_labels)
+    hulls, trapezoids, by_row = component_hulls(labels, inside, n_labels)
     # Labels follow the raster order of the stacked maps: each example owns a contiguous range.
     example_of_hull = hulls.top // (h + 1)
     counts = np.bincount(example_of_hull, minlength=n).astype(np.int64)
     area = np.bincount(example_of_hull, weights=hulls.area2, minlength=n) / 2.0
     # Where hulls overlap, subtract the doubly counted area (exact, per row of pixels).
-    rows, correction = union_correction(trapezoids, *overlapping_pairs(trapezoids))
+    rows, correction = union_correction(trapezoids, *overlapping_pairs(trapezoids, by_row))
     area += np.bincount(rows // (h + 1), weights=correction, minlength=n)
     return kept, hulls, trapezoids, area, counts
 
@@ -314,20 +309,24 @@ def _regions_of_chunk(
 def keep_pixels(
     maps: np.ndarray, q: float, threshold: Optional[float]
 ) -> Tuple[np.ndarray, List[str]]:
-    """The kept pixels of reduced maps (top-q of :mod:`captum_gradflow.maps`) and notes."""
+    """The kept pixels of reduced, finite maps (top-q of :mod:`captum_gradflow.maps`) and
+    notes."""
     n = maps.shape[0]
     flat = maps.reshape(n, -1)
     p = flat.shape[1]
-    k = p if threshold is not None else max(1, math.ceil(q * p - 1e-9))  # for the ties note
-    kept = top_q_mask(torch.from_numpy(flat), q, threshold).mask.numpy()  # the one selection
-    n_kept = kept.sum(1)
-    any_positive = (flat > 0).any(1)
+    k = p if threshold is not None else max(1, math.ceil(q * p - 1e-9))
+    # top_q_mask's selection on finite CPU maps (checked by reduced_maps), called without
+    # its torch reductions: with the default thread pool on a busy CPU those took several
+    # milliseconds per map, more than everything else here
+    kept = flat > threshold if threshold is not None else top_k_numpy(flat, k)
+    n_kept = np.count_nonzero(kept, axis=1)
     notes = []
     for i in range(n):
-        if not any_positive[i]:
-            notes.append("map has no positive value (all-zero map): no region")
-        elif n_kept[i] == 0:
-            notes.append(f"no pixel above threshold {threshold}: no region")
+        if n_kept[i] == 0:
+            notes.append(
+                f"no pixel above threshold {threshold}: no region" if (flat[i] > 0).any()
+                else "map has no positive value (all-zero map): no region"
+            )
         elif (n_kept[i] > k or n_kept[i] == p) and (flat[i] == flat[i, 0]).all():
             notes.append("constant map: every pixel ties, all kept")
         else:
