@@ -41,16 +41,19 @@ def conv_backward_nodes(root: Optional[Any]) -> List[Any]:
         >>> len(conv_backward_nodes(y.grad_fn))
         1
     """
-    seen, stack, found = set(), [root], []
+    return [node for node in _graph_nodes(root) if type(node).__name__ == "ConvolutionBackward0"]
+
+
+def _graph_nodes(root: Optional[Any]) -> Iterator[Any]:
+    """Every node of the autograd graph below ``root``, once each."""
+    seen, stack = set(), [root]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
+        yield node
         stack.extend(nxt for nxt, _ in node.next_functions)
-        if type(node).__name__ == "ConvolutionBackward0":
-            found.append(node)
-    return found
 
 
 def _onednn_enabled() -> bool:
@@ -135,16 +138,8 @@ def _sole_conv_consumer(root: Any, x: Tensor) -> Optional[Any]:
     """The convolution node that is the only consumer of the leaf ``x`` in the graph below
     ``root``, if it is a CPU one-input-channel, stride-1, ungrouped, untransposed 2-D or 3-D
     convolution whose padding a flipped kernel can undo; else ``None``."""
-    seen, stack, consumers = set(), [root], []
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        for nxt, _ in node.next_functions:
-            if nxt is not None and getattr(nxt, "variable", None) is x:
-                consumers.append(node)
-            stack.append(nxt)
+    consumers = [node for node in _graph_nodes(root)
+                 for nxt, _ in node.next_functions if getattr(nxt, "variable", None) is x]
     if len(consumers) != 1 or type(consumers[0]).__name__ != "ConvolutionBackward0":
         return None
     node = consumers[0]
