@@ -83,7 +83,7 @@ def run(quick: bool = False, device: str = "cpu", model_name: str = "small_cnn",
         _step(copy.deepcopy(base_model), exact_loss),
     ]
     plain_ms, exact_ms, subset_ms, naive_ms = time_side_by_side(
-        steps, repeats=3 if quick else 9, warmup=1 if quick else 2, device=device
+        steps, repeats=7 if quick else 9, warmup=1 if quick else 2, device=device
     )
     common = dict(model=model_name, batch=batch, size=size, device=device)
     rows = [
