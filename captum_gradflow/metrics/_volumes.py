@@ -19,6 +19,7 @@ where they do.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Tuple
 
 import numpy as np
@@ -52,6 +53,11 @@ class VoxelComponents:
 
     def __len__(self) -> int:
         return len(self.count)
+
+    @cached_property
+    def is_box(self) -> np.ndarray:
+        """``(K,)`` bool: the components that fill their bounding box (their hull is it)."""
+        return self.count == np.prod(self.hi - self.lo + 1, axis=1)
 
     def voxels(self, k: int) -> np.ndarray:
         """``(count, 3)`` voxel coordinates ``(z, y, x)`` of component ``k``."""
@@ -123,10 +129,9 @@ def closed_form_volumes(c: VoxelComponents) -> Tuple[np.ndarray, np.ndarray]:
     four triangles' areas (the two triangulations of four points use each triangle once).
     """
     size = c.hi - c.lo + 1
-    box = np.prod(size, axis=1)
     volume = np.full(len(c), np.nan)
-    is_box = c.count == box
-    volume[is_box] = box[is_box]
+    is_box = c.is_box
+    volume[is_box] = c.count[is_box]
     small = ~is_box & (c.count <= 4)
     for n in (2, 3, 4):
         k = np.flatnonzero(small & (c.count == n))
@@ -236,8 +241,8 @@ def planes(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
     pointing out (``n . p + d <= 0`` inside). A box's six planes need no Qhull."""
     key = ("planes", k)
     if key not in hulls:
-        size = (c.hi[k] - c.lo[k] + 1).astype(np.float64)
-        if c.count[k] == np.prod(size):
+        if c.is_box[k]:
+            size = (c.hi[k] - c.lo[k] + 1).astype(np.float64)
             eye = np.eye(3)
             hulls[key] = np.c_[np.r_[eye, -eye], np.r_[-size, np.zeros(3)]]
         else:

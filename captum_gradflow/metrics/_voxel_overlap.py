@@ -90,7 +90,7 @@ def classify_pairs(
     on the small component's cube corners. A box holds a box or sticks out of it.
     """
     size = c.hi - c.lo + 1
-    is_box = c.count == np.prod(size, axis=1)
+    is_box = c.is_box
     inside = np.all((c.lo[small] >= c.lo[big]) & (c.hi[small] <= c.hi[big]), axis=1)
     apart = np.zeros(len(big), dtype=bool)
     centre = c.lo[small] + size[small] / 2.0 - c.lo[big]  # the small box, relative to big's
@@ -232,10 +232,9 @@ def box_rows(
     Boxes of one shape are evaluated together, their planes padded with ``0 <= 1``.
     """
     half = 0.5 - 0.5 / s  # from a voxel's centre to its outermost points, along each axis
-    is_box = c.count == np.prod(c.hi - c.lo + 1, axis=1)
     eq, first, n = ragged_planes(c, hull, hulls)
     owner, plane = expand(first, n)
-    keep = ~is_box[hull[owner]]
+    keep = ~c.is_box[hull[owner]]
     owner, plane = _prune(c, hull, box_lo, box_size, eq[plane[keep]], owner[keep], plane[keep], half)
     for _ in range(SPLITS):
         hull, box_lo, box_size, owner, plane = _halve(hull, box_lo, box_size, owner, plane)

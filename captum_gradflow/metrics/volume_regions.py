@@ -207,11 +207,10 @@ def rasterise(
     where[pick] = np.arange(len(pick))
     mask = np.zeros((len(pick), depth, h, w), dtype=bool)
     size = c.hi - c.lo + 1
-    is_box = c.count == np.prod(size, axis=1)
     for k in np.flatnonzero(where[c.example] >= 0):
         e, l, u = where[c.example[k]], c.lo[k], c.hi[k] + 1
         view = mask[e, l[0]:u[0], l[1]:u[1], l[2]:u[2]]
-        if is_box[k]:
+        if c.is_box[k]:
             view[...] = True
             continue
         eq = hull_of(c, int(k), hulls).equations
@@ -222,8 +221,7 @@ def rasterise(
 
 def hull_vertices(c: VoxelComponents, k: int, hulls: dict) -> np.ndarray:
     """``(V, 3)`` float vertices ``(z, y, x)`` of component ``k``'s hull, in voxel-corner units."""
-    size = c.hi[k] - c.lo[k] + 1
-    if c.count[k] == np.prod(size):
-        return (CORNERS * size + c.lo[k]).astype(np.float64)
+    if c.is_box[k]:
+        return (CORNERS * (c.hi[k] - c.lo[k] + 1) + c.lo[k]).astype(np.float64)
     hull = hull_of(c, k, hulls)
     return hull.points[hull.vertices] + c.lo[k]
