@@ -22,7 +22,6 @@ import numpy as np
 import shapely
 import torch
 from shapely.geometry.base import BaseGeometry
-from skimage.measure import label as _label_components
 from torch import Tensor
 
 from captum_gradflow.maps import (  # noqa: F401  (reduce_channels: re-exported)
@@ -40,7 +39,12 @@ from captum_gradflow.metrics._trapezoids import (
     rasterise,
     union_correction,
 )
-from captum_gradflow.metrics.volume_regions import RegionSet, VolumeRegions, regions_of_volumes
+from captum_gradflow.metrics.volume_regions import (
+    RegionSet,
+    VolumeRegions,
+    label_components,
+    regions_of_volumes,
+)
 
 __all__ = ["Regions", "VolumeRegions", "attribution_regions", "reduce_channels"]
 
@@ -345,13 +349,7 @@ def _label(
     inside = np.zeros((n, h + 1, w + 2), dtype=bool)
     inside[:, :h, 1:-1] = kept
     inside = inside.reshape(n * (h + 1), w + 2)
-    labels, n_labels = _label_components(inside, connectivity=connectivity, return_num=True)
-    if min_size > 1 and n_labels:
-        sizes = np.bincount(labels.ravel(), minlength=n_labels + 1)
-        keep = sizes >= min_size
-        keep[0] = False
-        remap = np.cumsum(keep) * keep  # dropped -> 0, kept -> consecutive labels
-        labels = remap[labels]
+    labels, n_labels = label_components(inside, connectivity, min_size)
+    if min_size > 1:
         inside = labels > 0
-        n_labels = int(keep.sum())
-    return labels, inside, int(n_labels)
+    return labels, inside, n_labels

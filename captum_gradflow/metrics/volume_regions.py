@@ -155,13 +155,20 @@ def label_volumes(
     n, d, h, w = kept.shape
     stacked = np.zeros((n, d + 1, h, w), dtype=bool)
     stacked[:, :d] = kept
-    stacked = stacked.reshape(n * (d + 1), h, w)
-    labels, n_labels = _label_components(stacked, connectivity=connectivity, return_num=True)
+    return label_components(stacked.reshape(n * (d + 1), h, w), connectivity, min_size)
+
+
+def label_components(
+    image: np.ndarray, connectivity: int, min_size: int
+) -> Tuple[np.ndarray, int]:
+    """Label the components of a bool image (scikit-image) and drop those under ``min_size``
+    pixels (voxels); the labels left are consecutive from 1."""
+    labels, n_labels = _label_components(image, connectivity=connectivity, return_num=True)
     if min_size > 1 and n_labels:
         sizes = np.bincount(labels.ravel(), minlength=n_labels + 1)
         keep = sizes >= min_size
         keep[0] = False
-        labels = (np.cumsum(keep) * keep)[labels]
+        labels = (np.cumsum(keep) * keep)[labels]  # dropped -> 0, kept -> consecutive labels
         n_labels = int(keep.sum())
     return labels, int(n_labels)
 
