@@ -337,3 +337,14 @@ def test_small_hull_planes_are_qhulls_facet_planes():
         assert set(map(tuple, np.round(eq, 9))) == set(map(tuple, np.round(ref, 9)))
         tested.add((min(int(c.count[k]), 5), bool(size[k].min() == 1)))
     assert {(2, False), (5, False)} <= tested and any(flat for _, flat in tested)
+
+
+def test_min_size_drops_small_components_of_volumes():
+    ell = [(1, 1, 1), (1, 2, 1), (2, 2, 2)]  # three voxels, 26-connected
+    a = volume_of(ell + [(9, 9, 9)])
+    everything = attribution_regions(a, threshold=0.0)
+    r = attribution_regions(a, threshold=0.0, min_size=2)
+    assert everything.n_regions.item() == 2 and r.n_regions.item() == 1
+    assert r.volume.item() == pytest.approx(brute_hull_volume(ell), abs=1e-9)
+    assert everything.volume.item() == pytest.approx(brute_hull_volume(ell) + 1.0, abs=1e-9)
+    assert int(r.kept.sum()) == 3 and not bool(r.kept[0, 9, 9, 9])
