@@ -25,6 +25,7 @@ __all__ = [
     "normalize_per_example",
     "reduce_channels",
     "reduce_channels_numpy",
+    "top_k_count",
     "top_k_numpy",
     "top_q_mask",
 ]
@@ -176,7 +177,7 @@ def top_q_mask(r: Tensor, q: float = 0.2, threshold: Optional[float] = None) -> 
     lo, hi = flat.amin(dim=1), flat.amax(dim=1)
     finite = torch.isfinite(lo) & torch.isfinite(hi)  # NaN and Inf reach the extremes
     degenerate = ~finite | ~(hi > lo)
-    k = max(1, math.ceil(q * p - 1e-9))
+    k = top_k_count(q, p)
     if threshold is not None:
         mask = flat > threshold
     elif flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
@@ -188,6 +189,13 @@ def top_q_mask(r: Tensor, q: float = 0.2, threshold: Optional[float] = None) -> 
     if not bool(finite.all()):
         mask &= finite[:, None]
     return TopQ(mask.reshape(r.shape), degenerate)
+
+
+def top_k_count(q: float, p: int) -> int:
+    """``k = ceil(q * p)``, at least 1: how many of ``p`` locations the top ``q`` keeps
+    (before ties); the ``1e-9`` keeps ``q * p`` that floating point puts just above an
+    integer on that integer."""
+    return max(1, math.ceil(q * p - 1e-9))
 
 
 def top_k_numpy(flat: np.ndarray, k: int) -> np.ndarray:

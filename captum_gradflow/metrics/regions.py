@@ -30,6 +30,7 @@ from captum_gradflow.maps import (  # noqa: F401  (reduce_channels: re-exported)
     check_reduce,
     reduce_channels,
     reduce_channels_numpy,
+    top_k_count,
     top_k_numpy,
 )
 from captum_gradflow.metrics._hulls import ChunkHulls, HullGeometry, component_hulls
@@ -318,7 +319,7 @@ def keep_pixels(
     n = maps.shape[0]
     flat = maps.reshape(n, -1)
     p = flat.shape[1]
-    k = p if threshold is not None else max(1, math.ceil(q * p - 1e-9))
+    k = p if threshold is not None else top_k_count(q, p)
     # top_q_mask's selection on finite CPU maps (checked by reduced_maps), called without
     # its torch reductions: with the default thread pool on a busy CPU those took several
     # milliseconds per map, more than everything else here
