@@ -82,10 +82,7 @@ def _polytope_measures(q: np.ndarray) -> Tuple[np.ndarray, ...]:
     """For ``(G, n, 3)`` integer point sets: volume of each hull, the sum of its areas
     projected along the three axes, and whether it is solid (else both are NaN)."""
     g, n = q.shape[:2]
-    tri = np.array(list(itertools.combinations(range(n), 3)))
-    p0 = q[:, tri[:, 0]]
-    normal = np.cross(q[:, tri[:, 1]] - p0, q[:, tri[:, 2]] - p0)  # (G, T, 3)
-    side = np.einsum("gtd,gnd->gtn", normal, q) - (normal * p0).sum(-1)[..., None]
+    tri, normal, side = _triple_planes(q)
     below, above = (side <= 0).all(-1), (side >= 0).all(-1)
     real = normal.any(-1)
     solid = ~(real & below & above).any(1)
@@ -108,6 +105,16 @@ def _polytope_measures(q: np.ndarray) -> Tuple[np.ndarray, ...]:
     vol = np.bincount(gi, scale * offset, g) / 6.0
     area = np.bincount(gi, scale * np.abs(nf).sum(1), g) / 4.0
     return np.where(solid, vol, np.nan), np.where(solid, area, np.nan), solid
+
+
+def _triple_planes(q: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """For ``(G, n, 3)`` integer point sets, every triple of points ``tri`` ``(T, 3)``, the
+    normal of its plane ``(G, T, 3)`` and each point's signed offset from it ``(G, T, n)``."""
+    tri = np.array(list(itertools.combinations(range(q.shape[1]), 3)))
+    p0 = q[:, tri[:, 0]]
+    normal = np.cross(q[:, tri[:, 1]] - p0, q[:, tri[:, 2]] - p0)
+    side = np.einsum("gtd,gnd->gtn", normal, q) - (normal * p0).sum(-1)[..., None]
+    return tri, normal, side
 
 
 def _polygon_areas(points: np.ndarray, rim: np.ndarray, drop: np.ndarray) -> np.ndarray:
@@ -162,10 +169,7 @@ def _minkowski_planes(q: np.ndarray) -> list:
     edge = np.cross((q[:, pair[:, 1]] - q[:, pair[:, 0]])[:, :, None, :], axes).reshape(g, -1, 3)
     cand = [np.broadcast_to(np.r_[axes, -axes], (g, 6, 3)), edge, -edge]
     if n >= 3:  # the outward normals of triples whose plane holds all points on one side
-        tri = np.array(list(itertools.combinations(range(n), 3)))
-        p0 = q[:, tri[:, 0]]
-        normal = np.cross(q[:, tri[:, 1]] - p0, q[:, tri[:, 2]] - p0)
-        side = np.einsum("gtd,gnd->gtn", normal, q) - (normal * p0).sum(-1)[..., None]
+        _, normal, side = _triple_planes(q)
         cand += [np.where((side <= 0).all(-1)[..., None], normal, 0),
                  np.where((side >= 0).all(-1)[..., None], -normal, 0)]
     u = np.concatenate(cand, 1)
