@@ -15,6 +15,8 @@ from typing import Tuple
 
 import numpy as np
 
+from captum_gradflow.metrics._ragged import expand, pairs_after
+
 I64 = np.int64
 
 
@@ -62,8 +64,7 @@ def rasterise(t: Trapezoids, examples: np.ndarray, h: int, w: int) -> np.ndarray
         start = (slot[sel] * h + t.row[sel] % (h + 1)) * w + c0
         length = np.maximum(c1 - c0, 0)
         # fill each row run directly: work grows with the covered pixels, not the image
-        run_start = np.cumsum(length) - length
-        mask[np.repeat(start - run_start, length) + np.arange(int(length.sum()))] = True
+        mask[expand(start, length)[1]] = True
     return mask.reshape(n, h, w)
 
 
@@ -95,8 +96,7 @@ def overlapping_pairs(t: Trapezoids, by_row: np.ndarray) -> Tuple[np.ndarray, np
     count = np.maximum(stop - np.arange(len(key)) - 1, 0)
     if count.sum() == 0:
         return none
-    a = np.repeat(np.arange(len(key)), count)
-    b = a + 1 + np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    a, b = pairs_after(count)
     a, b = order[a], order[b]
     hit = _trapezoids_overlap(t, a, b)
     return a[hit], b[hit]
@@ -142,10 +142,7 @@ def union_correction(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> Tuple[np.nd
     r0, r1 = t.r0[members] / t.dr[members], t.r1[members] / t.dr[members]
 
     # all pairs inside each row, and the heights in (0, 1) where two boundaries cross
-    pos = np.arange(len(members)) - start[seg]
-    n_after = k[seg] - 1 - pos
-    i = np.repeat(np.arange(len(members)), n_after)
-    j = i + 1 + np.arange(int(n_after.sum())) - np.repeat(np.cumsum(n_after) - n_after, n_after)
+    i, j = pairs_after(start[seg] + k[seg] - 1 - np.arange(len(members)))
     cross_t, cross_seg = [np.zeros(len(start)), np.ones(len(start))], [np.arange(len(start))] * 2
     for p0, p1, q0, q1 in ((l0, l1, l0, l1), (r0, r1, r0, r1), (l0, l1, r0, r1), (r0, r1, l0, l1)):
         g0, g1 = p0[i] - q0[j], p1[i] - q1[j]
@@ -160,9 +157,7 @@ def union_correction(t: Trapezoids, a: np.ndarray, b: np.ndarray) -> Tuple[np.nd
     # union length at every sample height: intervals sorted by left end, merged with a
     # running maximum of right ends (offset per sample so it restarts at each sample)
     size = k[ss]
-    sample = np.repeat(np.arange(len(ts)), size)
-    member = start[ss][sample] + np.arange(int(size.sum()))
-    member -= np.repeat(np.cumsum(size) - size, size)
+    sample, member = expand(start[ss], size)
     tt = ts[sample]
     left = l0[member] + tt * (l1[member] - l0[member])
     right = r0[member] + tt * (r1[member] - r0[member])

@@ -25,7 +25,8 @@ from typing import Tuple
 import numpy as np
 from scipy.spatial import ConvexHull
 
-from captum_gradflow.metrics._voxel_hulls import expand, solid_volumes
+from captum_gradflow.metrics._ragged import expand, pairs_after
+from captum_gradflow.metrics._voxel_hulls import solid_volumes
 
 I64 = np.int64
 EPS = 1e-9
@@ -229,8 +230,7 @@ def box_pairs(c: VoxelComponents) -> Tuple[np.ndarray, np.ndarray]:
     order = np.argsort(key, kind="stable")
     stop = np.searchsorted(key[order], c.example[order] * stride + c.hi[order, 0], side="right")
     count = np.maximum(stop - np.arange(n) - 1, 0)
-    a = np.repeat(np.arange(n), count)
-    b = a + 1 + np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    a, b = pairs_after(count)
     a, b = order[a], order[b]
     hit = np.all((c.lo[a] <= c.hi[b]) & (c.lo[b] <= c.hi[a]), axis=1)
     return a[hit], b[hit]

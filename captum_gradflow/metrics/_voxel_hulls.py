@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
 
+from captum_gradflow.metrics._ragged import expand
+
 if TYPE_CHECKING:  # _volumes imports this module
     from captum_gradflow.metrics._volumes import VoxelComponents
 
@@ -29,13 +31,6 @@ I64 = np.int64
 MAX_POINTS = 16  # components with more extreme points go to Qhull (cost grows as m^4)
 MAX_VOXELS = 128  # larger components are not even searched for their extreme points
 PLANE_POINTS = 8  # facet planes of components with more extreme points come from Qhull
-
-
-def expand(first: np.ndarray, n: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """For blocks ``[first[i], first[i] + n[i])``: the block of each element and its index."""
-    owner = np.repeat(np.arange(len(n)), n)
-    start = np.r_[0, np.cumsum(n)[:-1]]
-    return owner, first[owner] + np.arange(int(n.sum())) - start[owner]
 
 
 def extreme_points(c: VoxelComponents, ks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,8 @@ from typing import Tuple
 import numpy as np
 
 from captum_gradflow.metrics._volumes import CORNERS, EPS, I64, VoxelComponents, box_pairs, planes
-from captum_gradflow.metrics._voxel_hulls import expand, small_hull_planes
+from captum_gradflow.metrics._ragged import expand
+from captum_gradflow.metrics._voxel_hulls import small_hull_planes
 
 MANY_PLANES = 24  # a box cut by more planes is halved (``_halve``), SPLITS times at most
 SPLITS = 1
