@@ -73,3 +73,18 @@ def brightness_model():
     model = SmallCNN()
     train_classifier(model, train.images, train.labels, epochs=4, lr=2e-3, seed=3, progress=False)
     return model.eval(), test
+
+
+@pytest.fixture(scope="session")
+def digits_38():
+    """Digits 3 and 8 (16x16) and a SmallCNN trained on them: the GAD tests' real data, trained once.
+
+    Shared by the GAD, sweep and Quantus tests; a test must leave the model as it found it.
+    """
+    from captum_gradflow import SmallCNN, digits_pair, train_classifier
+
+    d = digits_pair((3, 8), size=16, seed=0)
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=2)
+    train_classifier(model, d.x_train, d.y_train, epochs=8, lr=3e-3, progress=False)
+    return d, model.eval()

@@ -141,14 +141,10 @@ def test_bad_arguments_raise_clear_errors(setup):
 
 
 @pytest.fixture(scope="module")
-def fitted_gad():
-    from captum_gradflow import GADWrapper, digits_pair, train_classifier
+def fitted_gad(digits_38):
+    from captum_gradflow import GADWrapper
 
-    d = digits_pair((3, 8), size=16, seed=0)
-    torch.manual_seed(0)
-    model = SmallCNN(num_classes=2)
-    train_classifier(model, d.x_train, d.y_train, epochs=8, lr=3e-3, progress=False)
-    model.eval()
+    d, model = digits_38
     gad = GADWrapper(Saliency(model), n_support=2, steps=60, progress=False)
     return gad.fit((d.x_train, d.y_train), pair=(0, 1)), d
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 import pytest
-import torch
 from captum.attr import InputXGradient, Saliency
 
-from captum_gradflow import GADWrapper, SmallCNN, digits_pair, train_classifier
+from captum_gradflow import GADWrapper
 from captum_gradflow.gad import GADConfig, evaluate_gad, gad_sweep
 from captum_gradflow.visualization import plot_gad_sweep
 
@@ -15,17 +14,8 @@ matplotlib.use("Agg")
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 
 
-@pytest.fixture(scope="module")
-def digits_model():
-    d = digits_pair((3, 8), size=16, seed=0)
-    torch.manual_seed(0)
-    model = SmallCNN(num_classes=2)
-    train_classifier(model, d.x_train, d.y_train, epochs=8, lr=3e-3, progress=False)
-    return d, model.eval()
-
-
-def test_default_gad_removes_a_visible_part_of_the_base_map(digits_model):
-    d, model = digits_model
+def test_default_gad_removes_a_visible_part_of_the_base_map(digits_38):
+    d, model = digits_38
     gad = GADWrapper(Saliency(model), progress=False).fit((d.x_train, d.y_train), pair=(0, 1))
     scores = evaluate_gad(gad, d.x_test[:48], d.y_test[:48])
     # docs/definitions.md 3.1: a GAD keeping over 90% of the base map's top pixels is not doing its job
@@ -33,8 +23,8 @@ def test_default_gad_removes_a_visible_part_of_the_base_map(digits_model):
     assert 0 < scores["rc"] < 1
 
 
-def test_sweep_table_has_one_row_per_setting_and_method(digits_model):
-    d, model = digits_model
+def test_sweep_table_has_one_row_per_setting_and_method(digits_38):
+    d, model = digits_38
     grid = {"delta": [0.5, 8.0], "q": [0.2, 0.3]}
     table = gad_sweep(model, {"Saliency": Saliency, "IxG": InputXGradient}, (d.x_train, d.y_train), grid,
                       eval_data=(d.x_test[:24], d.y_test[:24]), pair=(0, 1),
@@ -51,8 +41,8 @@ def test_sweep_table_has_one_row_per_setting_and_method(digits_model):
     assert (wide[8.0] <= wide[0.5] + 0.01).all() and wide[8.0].mean() < wide[0.5].mean() - 0.03, wide
 
 
-def test_sweep_rejects_unknown_settings_and_bad_factories(digits_model):
-    d, model = digits_model
+def test_sweep_rejects_unknown_settings_and_bad_factories(digits_38):
+    d, model = digits_38
     with pytest.raises(ValueError, match="not GAD settings"):
         gad_sweep(model, Saliency, (d.x_train, d.y_train), {"epsilon": [1.0]}, progress=False)
     with pytest.raises(ValueError, match="at least one value"):
@@ -78,8 +68,8 @@ def test_trade_off_figure_draws_every_row_and_the_targets():
         plot_gad_sweep(table.drop(columns="rs_win_rate"))
 
 
-def test_sweep_computes_the_maps_once_per_fit_and_fuses_them_again_per_q_and_agreement(digits_model):
-    d, model = digits_model
+def test_sweep_computes_the_maps_once_per_fit_and_fuses_them_again_per_q_and_agreement(digits_38):
+    d, model = digits_38
     calls = []
 
     class Counted(Saliency):

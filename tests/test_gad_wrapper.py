@@ -39,16 +39,13 @@ def fingerprint(model: nn.Module) -> str:
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return digits_pair((3, 8), size=16, seed=0)
+def digits(digits_38):
+    return digits_38[0]
 
 
 @pytest.fixture(scope="module")
-def model(digits):
-    torch.manual_seed(0)
-    net = SmallCNN(num_classes=2)
-    train_classifier(net, digits.x_train, digits.y_train, epochs=8, lr=3e-3, progress=False)
-    return net.eval()
+def model(digits_38):
+    return digits_38[1]
 
 
 @pytest.fixture(scope="module")

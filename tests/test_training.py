@@ -62,6 +62,10 @@ def test_labels_may_live_on_the_data_device_and_be_any_integer_dtype():
     x, y = _data()
     hist = train_classifier(net, x, y.to(torch.uint8), epochs=1, progress=False, class_weight="balanced")
     assert torch.isfinite(torch.tensor(hist.loss)).all()
+    # the same training as with long labels: uint8 is only another spelling of the classes
+    same = _net()
+    assert train_classifier(same, x, y, epochs=1, progress=False, class_weight="balanced").loss == hist.loss
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), same.parameters()))
 
 
 def test_validation_labels_are_checked_before_training():
