@@ -28,6 +28,7 @@ from torch import Tensor
 from captum_gradflow._common import take_rows
 from captum_gradflow.features import CoordinateMoments, Feature, normalize_mask
 from captum_gradflow.features.feature import checked_direction
+from captum_gradflow.features.linear import centred
 
 __all__ = ["FeatureGradients", "GradientPath", "LinearGroup", "differentiable_squared_cosines", "measure",
            "projection_ratio", "unit_basis"]
@@ -121,10 +122,7 @@ class LinearGroup:
         if not self.channels:
             return r * self.mask
         n, ch = self.mask.shape[0], self.channels
-        w = (self.mask * self.mask).reshape(n, ch, -1)
-        rc = r.reshape(1, ch, -1)
-        c = (w * rc).sum(2, keepdim=True) / w.sum(2, keepdim=True)
-        return ((rc - c).reshape(n, -1)) * self.mask
+        return centred(r.reshape(1, ch, -1), self.mask.reshape(n, ch, -1)).reshape(n, -1) * self.mask
 
 
 @dataclass
