@@ -11,6 +11,8 @@ about itself, never by its class:
 * ``linear_direction(x)``: a fixed direction ``r`` with gradient ``r * mask``. Features that
   share an input and a mask are stacked into one ``(d, M)`` direction matrix, so aligning
   with them is one matrix product (the noise baseline has 32 of them).
+* ``centred_direction(x)``: a direction ``r`` centred inside the mask, gradient
+  ``(r - c) * mask``; stacked the same way, the centring done on the stack.
 * ``moment_gradient(moments)``: a closed form from the coordinate moments of the input
   inside the mask, computed once for every feature sharing that input and mask.
 * otherwise ``Feature.gradient`` (the feature's closed form, or autograd).
