@@ -232,7 +232,7 @@ class GradientPath:
             rt, r2t, _ = self._cache[ids]
         else:
             rt = torch.stack([r.reshape(-1) for _, r in items], dim=1)
-            rt, r2t = rt, rt * rt
+            r2t = rt * rt
             if self._cache is not None:
                 if len(self._cache) >= 16:
                     self._cache.clear()
