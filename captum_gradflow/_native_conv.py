@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,11 @@ def conv_backward_nodes(root: Optional[Any]) -> List[Any]:
         >>> len(conv_backward_nodes(y.grad_fn))
         1
     """
-    return [node for node in _graph_nodes(root) if type(node).__name__ == "ConvolutionBackward0"]
+    return [node for node in _graph_nodes(root) if _is_conv(node)]
+
+
+def _is_conv(node: Any) -> bool:
+    return type(node).__name__ == "ConvolutionBackward0"
 
 
 def _graph_nodes(root: Optional[Any]) -> Iterator[Any]:
@@ -99,9 +103,16 @@ def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
         >>> g.shape
         torch.Size([2, 1, 8, 8])
     """
+    with _native_grads(_graph_nodes(root)):
+        yield
+
+
+@contextmanager
+def _native_grads(graph: Iterable[Any]) -> Iterator[None]:
+    """:func:`native_one_channel_conv_grads` for the nodes ``graph`` of an autograd graph."""
     nodes = []
     if _onednn_enabled():
-        for node in conv_backward_nodes(root):
+        for node in filter(_is_conv, graph):
             w = node._saved_weight  # documented access to a node's saved tensors
             one_channel = w.dim() == 4 and w.shape[1] == 1 and node._saved_groups == 1
             if w.device.type == "cpu" and one_channel and not node._saved_transposed:
@@ -134,13 +145,13 @@ def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
 
 
 # --------------------------------------------------------------- flipped-kernel data gradients
-def _sole_conv_consumer(root: Any, x: Tensor) -> Optional[Any]:
-    """The convolution node that is the only consumer of the leaf ``x`` in the graph below
-    ``root``, if it is a CPU one-input-channel, stride-1, ungrouped, untransposed 2-D or 3-D
-    convolution whose padding a flipped kernel can undo; else ``None``."""
-    consumers = [node for node in _graph_nodes(root)
+def _sole_conv_consumer(graph: Sequence[Any], x: Tensor) -> Optional[Any]:
+    """The convolution node that is the only consumer of the leaf ``x`` among ``graph`` (every
+    node of an autograd graph), if it is a CPU one-input-channel, stride-1, ungrouped,
+    untransposed 2-D or 3-D convolution whose padding a flipped kernel can undo; else ``None``."""
+    consumers = [node for node in graph
                  for nxt, _ in node.next_functions if getattr(nxt, "variable", None) is x]
-    if len(consumers) != 1 or type(consumers[0]).__name__ != "ConvolutionBackward0":
+    if len(consumers) != 1 or not _is_conv(consumers[0]):
         return None
     node = consumers[0]
     w = node._saved_weight  # documented access to a node's saved tensors
@@ -199,10 +210,10 @@ def input_gradients(
         >>> g.shape
         torch.Size([2, 1, 8, 8])
     """
-    root = total.grad_fn
-    nodes = [_sole_conv_consumer(root, x) if x.is_leaf else None for x in inputs]
+    graph = list(_graph_nodes(total.grad_fn))  # one walk for every input and the hooks
+    nodes = [_sole_conv_consumer(graph, x) if x.is_leaf else None for x in inputs]
     wanted = [GradientEdge(node, 0) if node is not None else x for node, x in zip(nodes, inputs)]
-    with native_one_channel_conv_grads(root):
+    with _native_grads(graph):
         grads = torch.autograd.grad(total, wanted, retain_graph=retain_graph, allow_unused=True)
     return tuple(
         g if node is None or g is None else _flipped_data_gradient(node, g).to(x.dtype)

@@ -253,6 +253,8 @@ class FeatureAlignment(GradientAttribution):
         """
         xs, _, mask, additional_forward_args = call_inputs(inputs, mask, additional_forward_args)
         self._check_call(xs, decision)
+        if joint and decision != "target":
+            raise ValueError("joint=True needs decision='target' (J is defined for grad f)")
         with _guard.preserved(self.forward_func, xs, "FeatureAlignment.compare_to_noise"):
             path, construction = noise_path(self, xs, mask, n_noise, seed, noise_mask,
                                             smooth_sigma, center_noise, noise_input_index)
@@ -261,8 +263,6 @@ class FeatureAlignment(GradientAttribution):
                                  self.rank_tol)
             s_all = measure(dec.basis, dec.defined, grads, dec.blocks)
             # J from the same model gradient and the same feature gradients (columns 0..m-1).
-            if joint and decision != "target":
-                raise ValueError("joint=True needs decision='target' (J is defined for grad f)")
             jv = None if not joint else joint_alignment(
                 dec, grads, self.rank_tol, n_features=len(self.features))
         m = len(self.features)

@@ -11,6 +11,8 @@ about itself, never by its class:
 * ``linear_direction(x)``: a fixed direction ``r`` with gradient ``r * mask``. Features that
   share an input and a mask are stacked into one ``(d, M)`` direction matrix, so aligning
   with them is one matrix product (the noise baseline has 32 of them).
+* ``centred_direction(x)``: a direction ``r`` centred inside the mask, gradient
+  ``(r - c) * mask``; stacked the same way, the centring done on the stack.
 * ``moment_gradient(moments)``: a closed form from the coordinate moments of the input
   inside the mask, computed once for every feature sharing that input and mask.
 * otherwise ``Feature.gradient`` (the feature's closed form, or autograd).
@@ -28,6 +30,7 @@ from torch import Tensor
 from captum_gradflow._common import take_rows
 from captum_gradflow.features import CoordinateMoments, Feature, normalize_mask
 from captum_gradflow.features.feature import checked_direction
+from captum_gradflow.features.linear import centred
 
 __all__ = ["FeatureGradients", "GradientPath", "LinearGroup", "differentiable_squared_cosines", "measure",
            "projection_ratio", "unit_basis"]
@@ -121,10 +124,7 @@ class LinearGroup:
         if not self.channels:
             return r * self.mask
         n, ch = self.mask.shape[0], self.channels
-        w = (self.mask * self.mask).reshape(n, ch, -1)
-        rc = r.reshape(1, ch, -1)
-        c = (w * rc).sum(2, keepdim=True) / w.sum(2, keepdim=True)
-        return ((rc - c).reshape(n, -1)) * self.mask
+        return centred(r.reshape(1, ch, -1), self.mask.reshape(n, ch, -1)).reshape(n, -1) * self.mask
 
 
 @dataclass
@@ -232,7 +232,7 @@ class GradientPath:
             rt, r2t, _ = self._cache[ids]
         else:
             rt = torch.stack([r.reshape(-1) for _, r in items], dim=1)
-            rt, r2t = rt, rt * rt
+            r2t = rt * rt
             if self._cache is not None:
                 if len(self._cache) >= 16:
                     self._cache.clear()

@@ -132,6 +132,20 @@ def test_subspace_errors(x64, directions):
         fa.attribute(x64, target=0, decision="margin")
 
 
+def test_joint_with_subspace_is_refused_before_the_model_runs(x64, directions):
+    calls = []
+    model = LinearModel(k=3)
+
+    def forward(x):
+        calls.append(1)
+        return model(x)
+
+    fa = FeatureAlignment(forward, [LinearFeature(directions[0])])
+    with pytest.raises(ValueError, match="joint=True needs decision='target'"):
+        fa.compare_to_noise(x64, decision="subspace", n_noise=2, joint=True)
+    assert calls == []
+
+
 # ---------------------------------------------------------------- noise baseline
 def test_compare_to_noise_reuses_one_model_gradient_and_matches_direct_alignment(x64):
     calls = []

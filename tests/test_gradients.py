@@ -153,6 +153,8 @@ def test_mask_terms_are_computed_once_while_the_rows_stay_the_same(batch):
         g = f.gradient(x, masks).flatten(1)
         torch.testing.assert_close(dots[:, col], (v * g).sum(1))
         torch.testing.assert_close(norms[:, col], (g * g).sum(1))
+    for j, _, g in a.rows():  # and the group hands out those gradients
+        torch.testing.assert_close(g, noise[j].gradient(x, masks).flatten(1))
 
 
 def test_projection_ratio_is_nan_where_undefined_never_zero():

@@ -7,11 +7,13 @@ cheap (``Feature.gradient``) or by autograd otherwise. Spatial features read sig
 shape ``(N or 1, 1, *spatial)`` (a bare ``spatial``-shaped mask is accepted too), either at
 construction or per call; a per-call mask wins.
 
-Two declarations let alignment code skip per-feature work (the general path,
+Three declarations let alignment code skip per-feature work (the general path,
 :meth:`Feature.gradient`, stays correct for every feature):
 
 * :meth:`Feature.linear_direction`: the gradient is ``r * mask`` for a direction ``r``
   that does not depend on ``x`` (linear and noise features);
+* :meth:`Feature.centred_direction`: the gradient is ``(r - c) * mask``, ``r`` centred
+  inside the mask (centred noise features);
 * :meth:`Feature.moment_gradient`: the gradient follows from shared
   :class:`CoordinateMoments` (Brightness, Extent, LogAspectRatio).
 """

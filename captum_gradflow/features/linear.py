@@ -11,7 +11,7 @@ from torch import Tensor
 
 from captum_gradflow.features.feature import Feature, checked_direction, overrides
 
-__all__ = ["LinearFeature", "NoiseFeature", "noise_features", "smooth_direction"]
+__all__ = ["LinearFeature", "NoiseFeature", "centred", "noise_features", "smooth_direction"]
 
 Sigma = Union[float, Sequence[float]]
 
@@ -163,7 +163,7 @@ class NoiseFeature(LinearFeature):
         r = self._checked_direction(x)
         m = self._mask(x, mask)
         if self.center:
-            r = _centred(r, m)
+            r = centred(r, m)
         return r if m is None else r * m
 
     def linear_direction(self, x: Tensor) -> Optional[Tensor]:
@@ -179,8 +179,18 @@ class NoiseFeature(LinearFeature):
         return self._checked_direction(x)[0]
 
 
-def _centred(r: Tensor, m: Optional[Tensor]) -> Tensor:
-    """``r - c`` with ``c`` the per-channel mean of ``r`` under weights ``m^2`` (all ones if None)."""
+def centred(r: Tensor, m: Optional[Tensor]) -> Tensor:
+    """``r - c`` with ``c`` the per-channel mean of ``r`` under weights ``m^2`` (all ones if None).
+
+    The centring of :meth:`Feature.centred_direction`, shared by :class:`NoiseFeature` and
+    the stacked noise of :class:`captum_gradflow.gradients.LinearGroup`.
+
+    Examples::
+
+        >>> import torch
+        >>> centred(torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[1.0, 0.0]]]))
+        tensor([[[0., 2.]]])
+    """
     dims = tuple(range(2, r.dim()))
     if m is None:
         return r - r.mean(dim=dims, keepdim=True) if dims else r - r.mean()
