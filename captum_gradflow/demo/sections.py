@@ -53,6 +53,11 @@ def _feature_cells(row: Dict[str, Any]) -> str:
     return f"{row['mean']:.3g} | ×{row['ratio']:.2g} | {p_cell(row['p'])}"
 
 
+def _s_cells(r: Dict[str, Any], names: List[str]) -> str:
+    """Per feature, mean S and its ratio to noise, as table cells."""
+    return " | ".join(f"{r['S'][n]['mean']:.3g} / ×{r['S'][n]['ratio']:.2g}" for n in names)
+
+
 def _study_section(key: str, title: str, prose: List[str], table: str, what: str, fig: Path,
                    results: Dict[str, Any], out: Path) -> Section:
     """A section of one study: its prose, table, one figure and its claims' verdicts, all
@@ -117,7 +122,7 @@ def lambda_sweep_table(sweep: Dict[str, Any]) -> str:
         if r["diverged"]:
             lines.append(f"| {r['lambda']:g} | diverged | | |" + " |" * len(names))
             continue
-        cells = " | ".join(f"{r['S'][n]['mean']:.3g} / ×{r['S'][n]['ratio']:.2g}" for n in names)
+        cells = _s_cells(r, names)
         lines.append(f"| {r['lambda']:g}{mark} | {r['balanced_accuracy']:.3f} | {pct(r['J_mean'])} | "
                      f"{p_cell(r['J_paired_p']) if 'J_paired_p' in r else ''} | {cells} |")
     return "\n".join(lines)
@@ -148,7 +153,7 @@ def ablation_table(abl: Dict[str, Any]) -> str:
     rows = [("λ = 0", {}, abl["plain"], ""), ("every weight", abl["weights"], abl["full"], "")]
     rows += [(f"without {f}", r["weights"], r, p_cell(r["S_drop_p"])) for f, r in abl["removed"].items()]
     for label, w, r, p in rows:
-        cells = " | ".join(f"{r['S'][n]['mean']:.3g} / ×{r['S'][n]['ratio']:.2g}" for n in names)
+        cells = _s_cells(r, names)
         lines.append(f"| {label} | {_weights(w) or '0'} | {r['balanced_accuracy']:.3f} | {pct(r['J_mean'])} | "
                      f"{cells} | {p} |")
     return "\n".join(lines)
