@@ -4,17 +4,18 @@ Rows (``ratio = ours / base``, lower is better):
 
 * ``evaluate_2_processes_vs_1``: seconds per example of ``torchrun --nproc_per_node=2 -m
   captum_gradflow evaluate`` against one process, one torch thread each
-  (``OMP_NUM_THREADS=1``). Each is timed on ``n`` and ``2n`` examples (``n`` = 64 batches)
-  and the difference is used, so process start-up (importing torch, building the model) does
-  not count; median of 3 interleaved repeats. Target 0.625 (two processes at least 1.6x
-  faster). Two processes need two idle cores: other jobs on the machine lower the speed-up.
+  (``OMP_NUM_THREADS=1``). Each is timed on ``n`` and ``2n`` examples (``n`` = 64 batches,
+  16 quick) and the difference is used, so process start-up (importing torch, building the
+  model) does not count; median of 3 interleaved repeats (1 quick). Target 0.625 (two
+  processes at least 1.6x faster). Two processes need two idle cores: other jobs on the
+  machine lower the speed-up.
 * ``evaluate_peak_memory_10x_examples``: peak resident memory (MiB, whole process, from
-  ``getrusage(RUSAGE_CHILDREN)`` of a wrapper that runs the command) for ``10n`` examples
-  against ``n``; target 1.3. Items are generated on demand, so only the runner could make
-  memory grow with the data set.
+  ``getrusage(RUSAGE_CHILDREN)`` of a wrapper that runs the command) for 80 batches of
+  examples against 8; target 1.3. Items are generated on demand, so only the runner could
+  make memory grow with the data set.
 * ``evaluate_runner_vs_by_hand``: :func:`captum_gradflow.evaluate` (streaming, parquet parts,
   merge, summary) against calling ``FeatureAlignment.compare_to_noise`` and ``joint`` by
-  hand on the same batches (8, one torch thread); target 1.1.
+  hand on the same batches (8, 2 quick; one torch thread); target 1.1.
 
 The recipe (written to a temporary folder) builds the benchmark's model and a lazily
 generated synthetic-lesion data set of the benchmark's image size.

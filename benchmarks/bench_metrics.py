@@ -10,7 +10,7 @@ Rows (``ratio = ours_ms / base_ms``, lower is better):
   the base map where its top 20% agrees with that of a perturbed copy of the model (a
   stand-in for a support model). Saliency of a random-weight ResNet-18 is close to pixel
   noise (thousands of regions per map): the hard case.
-* ``region_complexity_3d_vs_naive`` (small CNN rows only): RC of 8 GAD-like volume maps
+* ``region_complexity_3d_vs_naive`` (small CNN rows only): RC of 8 GAD-like volume maps (2 quick)
   against their 8 base maps, 64 x 64 x 64 (``|Saliency|`` of a random-weight
   :class:`SmallCNN3d` on synthetic lesion volumes: about a thousand regions per map, one of
   them spanning most of the volume), against a naive implementation on the same kept voxels
@@ -20,7 +20,7 @@ Rows (``ratio = ours_ms / base_ms``, lower is better):
   both share (top-q selection and labelling) as a fraction of the naive time: no
   implementation that labels can go below it.
 * ``region_complexity_2d_tiny_regions_ms_per_map``: like the first row, on maps of pixel
-  noise (``|N(0, 1)|``, about 2,600 regions per 224 x 224 map, most of one or two pixels);
+  noise (``|N(0, 1)|``, about 3,600 regions per 224 x 224 map, two thirds of one or two pixels);
   milliseconds per map pair, target 3.
 * ``region_sensitivity_vs_forward``: ``region_sensitivity`` with precomputed regions against
   the same batched forward passes alone (clean + occluded rows); target 1.1.

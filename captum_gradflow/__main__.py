@@ -27,10 +27,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="run both seed papers' experiments and write report.md, results.json and figures",
         description="Train the small CNN on synthetic lesions with and without the alignment "
         "regularizer, fit GAD on real digits, and write report.md, results.json, tables and "
-        "figures. Full mode takes a few minutes on 2 CPU cores; --quick about one.",
+        "figures. Full mode takes about 85 s on a quiet 2-core machine; --quick well under a minute.",
     )
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    demo.add_argument("--quick", action="store_true", help="small sizes: about a minute on 2 CPU cores")
+    demo.add_argument("--quick", action="store_true", help="small sizes: well under a minute on 2 CPU cores")
     demo.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _add_evaluate(sub)

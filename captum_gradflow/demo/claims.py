@@ -71,8 +71,6 @@ def _regularizer_claims(section: str, les: Dict[str, Any], who: str, alpha: floa
     ]
 
 
-
-
 def alignment_claims(results: Dict[str, Any], alpha: float, drop: float) -> List[Claim]:
     """The unregularized model uses the label's features and not the decoy; the regularizer
     raises J cheaply."""

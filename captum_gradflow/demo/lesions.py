@@ -25,7 +25,7 @@ from captum_gradflow.flow import FlowResult, GradientFlowAlignment
 from captum_gradflow.models import SmallCNN
 from captum_gradflow.noise import NoiseComparison
 from captum_gradflow.regularizer import AlignmentRegularizer
-from captum_gradflow.training import balanced_accuracy, predict, train_classifier
+from captum_gradflow.training import predict, train_classifier
 
 from .config import DemoConfig, RunContext
 from .formatting import nanmean, nanmedian, paired_greater
@@ -120,9 +120,8 @@ def _train_one_output(model: nn.Module, train: Lesions, cfg: DemoConfig, reg: Op
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """Balanced accuracy; a one-logit model predicts class 1 where its logit is positive."""
     out = predict(model, x)
-    if out.shape[1] > 1:
-        return balanced_accuracy(model, x, y)
-    return float(balanced_accuracy_score(y.numpy(), (out[:, 0] > 0).long().numpy()))
+    pred = out.argmax(dim=1) if out.shape[1] > 1 else (out[:, 0] > 0).long()
+    return float(balanced_accuracy_score(y.numpy(), pred.cpu().numpy()))
 
 
 def feature_rows(report: NoiseComparison) -> Dict[str, Dict[str, float]]:

@@ -12,9 +12,13 @@ from __future__ import annotations
 import warnings
 from typing import Any, Dict, List, Tuple
 
-from captum_gradflow.alignment import FeatureAlignment
+from torch import nn
 
-from .config import RunContext
+from captum_gradflow.alignment import FeatureAlignment
+from captum_gradflow.datasets import Lesions
+from captum_gradflow.noise import NoiseComparison
+
+from .config import DemoConfig, RunContext
 from .lesions import feature_rows, features
 
 __all__ = ["CONSTRUCTIONS", "DECOY", "noise_constructions"]
@@ -35,21 +39,27 @@ def _arguments(kwargs: Dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "(none: the defaults)"
 
 
+def _compare(model: nn.Module, test: Lesions, cfg: DemoConfig, kwargs: Dict[str, Any]) -> NoiseComparison:
+    fa = FeatureAlignment(model, features())
+    with warnings.catch_warnings():
+        # Whole-image noise warns that it covers more than the features: that is the point here.
+        warnings.filterwarnings("ignore", message="the noise covers", category=RuntimeWarning)
+        return fa.compare_to_noise(test.images, target=test.labels, mask=test.masks, n_noise=cfg.n_noise,
+                                   seed=cfg.seed, **kwargs)
+
+
 def noise_constructions(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """S against noise of every feature, for both lesion models, under each construction."""
     cfg, les = ctx.cfg, ctx.parts["alignment"]
     test = les["test"]
-    x, y, masks = test.images, test.labels, test.masks
     rows = []
     for name, kwargs in CONSTRUCTIONS:
         row: Dict[str, Any] = {"construction": name, "arguments": _arguments(kwargs), "default": not kwargs,
                                "models": {}}
         for model_name in ("plain", "regularized"):
-            fa = FeatureAlignment(les[model_name]["model"], features())
-            with warnings.catch_warnings():
-                # Whole-image noise warns that it covers more than the features: that is the point here.
-                warnings.filterwarnings("ignore", message="the noise covers", category=RuntimeWarning)
-                report = fa.compare_to_noise(x, target=y, mask=masks, n_noise=cfg.n_noise, seed=cfg.seed, **kwargs)
+            # The default is the comparison section 1 already ran on the same model and images.
+            model = les[model_name]["model"]
+            report = les[model_name]["point"] if not kwargs else _compare(model, test, cfg, kwargs)
             row["description"] = report.construction
             row["models"][model_name] = {"noise_S_mean": report.mean_S_noise, "S": feature_rows(report)}
         rows.append(row)

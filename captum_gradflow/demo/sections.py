@@ -53,6 +53,20 @@ def _feature_cells(row: Dict[str, Any]) -> str:
     return f"{row['mean']:.3g} | ×{row['ratio']:.2g} | {p_cell(row['p'])}"
 
 
+def _s_cells(r: Dict[str, Any], names: List[str]) -> str:
+    """Per feature, mean S and its ratio to noise, as table cells."""
+    return " | ".join(f"{r['S'][n]['mean']:.3g} / ×{r['S'][n]['ratio']:.2g}" for n in names)
+
+
+def _study_section(key: str, title: str, prose: List[str], table: str, what: str, fig: Path,
+                   results: Dict[str, Any], out: Path) -> Section:
+    """A section of one study: its prose, table, one figure and its claims' verdicts, all
+    filed under ``key`` (figure key, ``table_<key>.md``, the claims' section)."""
+    body = "\n".join([*prose, "", table, "", _link(what, fig, out), "",
+                      verdict_table(results["claims"], key), ""])
+    return Section(title, body, {key: fig}, {f"table_{key}.md": table})
+
+
 def alignment_table(les: Dict[str, Any]) -> str:
     """Accuracy, J, and S and F against noise per feature, λ = 0 and regularized."""
     lines = ["| model | balanced accuracy | J: % of gradient explained (mean / median) | "
@@ -108,7 +122,7 @@ def lambda_sweep_table(sweep: Dict[str, Any]) -> str:
         if r["diverged"]:
             lines.append(f"| {r['lambda']:g} | diverged | | |" + " |" * len(names))
             continue
-        cells = " | ".join(f"{r['S'][n]['mean']:.3g} / ×{r['S'][n]['ratio']:.2g}" for n in names)
+        cells = _s_cells(r, names)
         lines.append(f"| {r['lambda']:g}{mark} | {r['balanced_accuracy']:.3f} | {pct(r['J_mean'])} | "
                      f"{p_cell(r['J_paired_p']) if 'J_paired_p' in r else ''} | {cells} |")
     return "\n".join(lines)
@@ -119,18 +133,16 @@ def lambda_sweep_section(results: Dict[str, Any], parts: Dict[str, Any], out: Pa
     fig = figures.lambda_sweep_figure(sweep, out / "figures" / "lambda_sweep.png")
     table = lambda_sweep_table(sweep)
     trained = [f"{r['lambda']:g}" for r in sweep["rows"] if not r["reused"]]
-    body = "\n".join([
+    prose = [
         "The seed paper leaves the accuracy/alignment trade-off over λ open: tune λ as large as possible "
         "without hurting performance. The same model, data, seeds and schedule as above, at every λ below "
         f"(the brightness weight; extent gets {sweep['extent_fraction']:g} of it, the tuned proportion). "
         f"The models at λ = {', '.join(trained)} are trained here; the others are the two of section 1. "
         f"The chosen λ is the largest whose balanced accuracy is within {sweep['max_accuracy_drop']:g} of "
-        "λ = 0's; the paired p compares each example's J with its J at λ = 0 (one-sided Wilcoxon).", "",
-        table, "", _link("accuracy and J against lambda", fig, out), "",
-        verdict_table(results["claims"], "lambda_sweep"), "",
-    ])
-    return Section("The λ sweep: accuracy against alignment", body, {"lambda_sweep": fig},
-                   {"table_lambda_sweep.md": table})
+        "λ = 0's; the paired p compares each example's J with its J at λ = 0 (one-sided Wilcoxon).",
+    ]
+    return _study_section("lambda_sweep", "The λ sweep: accuracy against alignment", prose, table,
+                          "accuracy and J against lambda", fig, results, out)
 
 
 def ablation_table(abl: Dict[str, Any]) -> str:
@@ -141,7 +153,7 @@ def ablation_table(abl: Dict[str, Any]) -> str:
     rows = [("λ = 0", {}, abl["plain"], ""), ("every weight", abl["weights"], abl["full"], "")]
     rows += [(f"without {f}", r["weights"], r, p_cell(r["S_drop_p"])) for f, r in abl["removed"].items()]
     for label, w, r, p in rows:
-        cells = " | ".join(f"{r['S'][n]['mean']:.3g} / ×{r['S'][n]['ratio']:.2g}" for n in names)
+        cells = _s_cells(r, names)
         lines.append(f"| {label} | {_weights(w) or '0'} | {r['balanced_accuracy']:.3f} | {pct(r['J_mean'])} | "
                      f"{cells} | {p} |")
     return "\n".join(lines)
@@ -151,15 +163,14 @@ def ablation_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path) 
     abl = results["ablation"]
     fig = figures.ablation_figure(abl, out / "figures" / "feature_ablation.png")
     table = ablation_table(abl)
-    body = "\n".join([
+    prose = [
         "The seed paper's third experiment: the regularized training of section 1 again, with each feature's "
         "weight set to 0 in turn (the other weights, seeds and schedule unchanged). If a weight is what raises "
         "its feature's alignment, S of that feature falls without it; the paired p compares each test image's S "
-        "with every weight against its S without the feature's weight (one-sided Wilcoxon).", "",
-        table, "", _link("feature ablation", fig, out), "",
-        verdict_table(results["claims"], "ablation"), "",
-    ])
-    return Section("Feature ablation", body, {"ablation": fig}, {"table_ablation.md": table})
+        "with every weight against its S without the feature's weight (one-sided Wilcoxon).",
+    ]
+    return _study_section("ablation", "Feature ablation", prose, table, "feature ablation", fig,
+                          results, out)
 
 
 def one_output_table(results: Dict[str, Any]) -> str:
@@ -185,16 +196,15 @@ def one_output_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path
     models = {k.replace(", ", "\n"): v for k, v in _output_models(results).items()}
     fig = figures.one_output_figure(parts["one_output"], models, out / "figures" / "one_output.png")
     table = one_output_table(results)
-    body = "\n".join([
+    prose = [
         "The seed paper's f is a single logit: `SmallCNN(num_classes=1)`, trained with "
         f"{one['loss']} by {one['trainer']}, with the same data, initial seed, batches, schedule and "
         "regularizer weights as the two-output model. Its decision function is the logit itself (Captum's "
         "target None) and its flow's margin is the logit minus 0; the two-output model's f is the true class's "
-        "logit and its flow's margin the logit difference. Noise as in section 1.", "",
-        table, "", _link("one-output model against the noise baseline", fig, out), "",
-        verdict_table(results["claims"], "one_output"), "",
-    ])
-    return Section("The paper's one-output model", body, {"one_output": fig}, {"table_one_output.md": table})
+        "logit and its flow's margin the logit difference. Noise as in section 1.",
+    ]
+    return _study_section("one_output", "The paper's one-output model", prose, table,
+                          "one-output model against the noise baseline", fig, results, out)
 
 
 def noise_table(study: Dict[str, Any], alpha: float = 0.05) -> str:
@@ -217,7 +227,7 @@ def noise_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path) -> 
     table = noise_table(study)
     how = [f"* **{row['construction']}** (`compare_to_noise` arguments: {row['arguments']}): {row['description']}"
            for row in study["rows"]]
-    body = "\n".join([
+    prose = [
         "A feature is used by the model when it beats random directions, and the verdict depends on how "
         f"those are drawn. The two models of section 1, the same test images and {study['n_noise']} noise "
         "directions drawn three ways by `make_noise`, each as the library states it:", "", *how, "",
@@ -226,11 +236,10 @@ def noise_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path) -> 
         "pixels no feature looks at, which lowers the baseline. Smoothed noise restricted to the mask but not "
         "centred shares the mask's mean direction, which is brightness' gradient, so its baseline rises with the "
         "model's use of brightness; the default removes each direction's in-mask mean (docs/noise_baseline.md "
-        "has the measurements behind it). Every other section uses the default.", "",
-        table, "", _link("feature to noise ratio under each noise construction", fig, out), "",
-        verdict_table(results["claims"], "noise"), "",
-    ])
-    return Section("How the noise baseline moves the verdicts", body, {"noise": fig}, {"table_noise.md": table})
+        "has the measurements behind it). Every other section uses the default.",
+    ]
+    return _study_section("noise", "How the noise baseline moves the verdicts", prose, table,
+                          "feature to noise ratio under each noise construction", fig, results, out)
 
 
 def gad_table(gad: Dict[str, Any]) -> str:
@@ -292,7 +301,7 @@ def gad_sweep_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path)
     fixed = sweep["fixed"]
     size = ("GAD's defaults" if sweep["at_defaults"] else
             f"GAD's defaults except T = {fixed['n_support']} support models and {fixed['steps']} steps (--quick)")
-    body = "\n".join([
+    prose = [
         f"GADWrapper's defaults (read from `GADConfig`): T = {d['n_support']} support models, δ = {d['delta']:g}, "
         f"Adam lr {d['lr']:g}, {d['steps']} optimizer steps per support model (batch {d['batch_size']}), "
         f"{'warm' if d['warm_start'] else 'cold'} start from the original weights. They were chosen from a sweep "
@@ -302,12 +311,10 @@ def gad_sweep_section(results: Dict[str, Any], parts: Dict[str, Any], out: Path)
         "\"GAD on real handwritten digits\": δ = " + ", ".join(f"{v:g}" for v in sweep["swept"]["delta"])
         + f", every other setting at {size}; fitted on the {sweep['n_fit']} training images, explained on "
         f"{sweep['n_eval']} test images (q = {sweep['q']:g}, agreement 1). The targets (issue 13): kept fraction "
-        f"≤ {sweep['kept_max']:g} and RS win rate ≥ {sweep['win_min']:g} with p < {sweep['win_alpha']:g}.", "",
-        table, "", _link("GAD sweep: kept fraction against RS win rate", fig, out), "",
-        verdict_table(results["claims"], "gad_sweep"), "",
-    ])
-    return Section("GAD's settings: a sweep around the defaults", body, {"gad_sweep": fig},
-                   {"table_gad_sweep.md": table})
+        f"≤ {sweep['kept_max']:g} and RS win rate ≥ {sweep['win_min']:g} with p < {sweep['win_alpha']:g}.",
+    ]
+    return _study_section("gad_sweep", "GAD's settings: a sweep around the defaults", prose, table,
+                          "GAD sweep: kept fraction against RS win rate", fig, results, out)
 
 
 def volume_table(vol: Dict[str, Any]) -> str:

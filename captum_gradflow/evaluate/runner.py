@@ -94,20 +94,20 @@ class Measures:
         for f in self.item_masked:
             f.mask = mask
 
-    def align(self, x: Tensor, target: Any) -> Tuple[NoiseComparison, Tensor, Optional[NoiseComparison], Any]:
-        """S with its noise baseline, J, and with ``flow`` F with its baseline and details.
+    def align(self, x: Tensor, target: Any) -> Tuple[NoiseComparison, Optional[NoiseComparison], Any]:
+        """S with its noise baseline and J (``.J``, from the same model gradient as S: one
+        backward pass, not two), and with ``flow`` F with its baseline and details.
 
         The one place that calls the alignment APIs: noise settings go by keyword.
         """
         s = self.settings
         point = self.alignment.compare_to_noise(
             x, target=target, n_noise=s.n_noise, seed=NOISE_SEED, joint=True, **s.noise_options)
-        joint = point.J  # from the same model gradient as S: one backward pass, not two
         if self.flow is None:
-            return point, joint, None, None
+            return point, None, None
         flow, res = self.flow.compare_to_noise(x, target=target, n_noise=s.n_noise, seed=NOISE_SEED,
                                                return_details=True, **s.noise_options)
-        return point, joint, flow, res
+        return point, flow, res
 
     def gad(self, recipe: Recipe, x: Tensor, target: Any) -> Dict[str, np.ndarray]:
         """RC of the GAD regions against the base method's, and RS of kept and dropped regions.
@@ -141,11 +141,11 @@ class Measures:
         check_batch((x,), self.model, "evaluate")
         check_target_dtype(target)
         self.set_mask(mask)
-        point, joint, flow, res = self.align(x, target)
+        point, flow, res = self.align(x, target)
         cols: Dict[str, Any] = {"index": np.asarray(indices + [-1] * pad, dtype=np.int64),
                                 "label": y.reshape(-1).cpu().numpy()}
         cols.update(comparison_columns(point, ""))
-        cols["J"] = joint.detach().double().cpu().numpy()
+        cols["J"] = point.J.detach().double().cpu().numpy()
         if flow is not None:
             cols.update(comparison_columns(flow, "F_"))
             cols["reached_boundary"] = res.reached_boundary.cpu().numpy().astype(bool)

@@ -142,8 +142,8 @@ def _image_axes(ax: Axes, img: np.ndarray, title: str) -> None:
     ax.set_yticks([])
 
 
-def _overlay(ax: Axes, img: np.ndarray, heat: np.ndarray, sign: str, alpha: float,
-             hide_zeros: bool, vmax: Optional[float] = None):
+def _overlay(ax: Axes, heat: np.ndarray, sign: str, alpha: float, hide_zeros: bool,
+             vmax: Optional[float] = None):
     h, w = heat.shape
     if vmax is None:
         vmax = float(np.nanmax(np.abs(heat))) if heat.size else 0.0
@@ -160,8 +160,6 @@ def _overlay(ax: Axes, img: np.ndarray, heat: np.ndarray, sign: str, alpha: floa
 def _sign_label(sign: str) -> str:
     return {"absolute": "|attribution|", "all": "attribution", "positive": "attribution > 0",
             "negative": "−attribution > 0"}[sign]
-
-
 
 
 def save_figure(fig: Figure, path: Union[str, Path], dpi: int = 120) -> Path:

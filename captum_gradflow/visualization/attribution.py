@@ -92,7 +92,7 @@ def plot_attribution(
     fig = ax.figure if ax is not None else Figure(figsize=(4.2, 3.6), layout="constrained")
     ax = ax if ax is not None else fig.add_subplot()
     _image_axes(ax, img, title)
-    im = _overlay(ax, img, heat, sign, alpha, hide_zeros)
+    im = _overlay(ax, heat, sign, alpha, hide_zeros)
     _draw_polygons(ax, polygons)
     fig.colorbar(im, ax=ax, shrink=0.85, label=_sign_label(sign))
     return fig
@@ -203,7 +203,7 @@ def _draw_rows(rows: List[Row], method: str, sign: str, alpha: float) -> Figure:
         ):
             kept = int((heat != 0).sum())
             _image_axes(axes[i, j], img, f"{title} ({kept} px)")
-            im = _overlay(axes[i, j], img, heat, sign, alpha, True, vmax=vmax)
+            im = _overlay(axes[i, j], heat, sign, alpha, True, vmax=vmax)
             _draw_polygons(axes[i, j], polys)
         fig.colorbar(im, ax=list(axes[i, 1:]), shrink=0.85, label=_sign_label(sign))
     return fig
@@ -223,7 +223,7 @@ def _volume_attribution(
     for ax, where in zip(axes, plan):
         img = take_slice(vol, where)
         _image_axes(ax, img, f"{title}: {slice_title(where)}")
-        im = _overlay(ax, img, take_slice(heat, where), sign, alpha, hide_zeros, vmax=vmax)
+        im = _overlay(ax, take_slice(heat, where), sign, alpha, hide_zeros, vmax=vmax)
         _draw_polygons(ax, hull_sections(hulls, where))
     fig.colorbar(im, ax=list(axes), shrink=0.85, label=_sign_label(sign))
     return fig
