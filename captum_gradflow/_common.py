@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from captum_gradflow._checks import check_target_dtype
-from captum_gradflow._native_conv import input_gradients, native_one_channel_conv_grads
+from captum_gradflow._native_conv import input_gradients
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
@@ -231,11 +231,7 @@ def value_and_input_gradients(
                 "forward_func uses its inputs and that its parameters are not detached"
             )
         total = value.sum()
-        if create_graph:
-            with native_one_channel_conv_grads(total.grad_fn):
-                grads = torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True)
-        else:
-            grads = input_gradients(total, inputs)
+        grads = input_gradients(total, inputs, create_graph=create_graph)
     grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
     if create_graph:
         return grads, value, out
@@ -269,11 +265,7 @@ def differentiable_input_gradient(out: Tensor, xs: Tuple[Tensor, ...], target: T
             "under torch.no_grad(), detached, or not a function of x)"
         )
     value = select_target(out, target)
-    with native_one_channel_conv_grads(value.grad_fn):
-        grads = torch.autograd.grad(
-            value, [xs[i] for i in leaves], grad_outputs=torch.ones_like(value),
-            create_graph=True, allow_unused=True,
-        )
+    grads = input_gradients(value.sum(), [xs[i] for i in leaves], create_graph=True)
     if all(g is None for g in grads):
         raise ValueError("the model output does not depend on the inputs: its input gradient is empty")
     grad_f = {

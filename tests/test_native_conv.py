@@ -8,12 +8,21 @@ from torch import nn
 from captum_gradflow import Brightness, FeatureAlignment, SmallCNN
 from captum_gradflow._common import prepare_inputs, value_and_input_gradients
 from captum_gradflow._native_conv import (
+    _FirstLayerDataGradient,
     _graph_nodes,
     _sole_conv_consumer,
     conv_backward_nodes,
     input_gradients,
     native_one_channel_conv_grads,
 )
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """The flipped kernel depends on the thread count (native in 2-D on one thread)."""
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(1)
 
 
 def _with_onednn_off(fn):
@@ -190,7 +199,7 @@ class _TwoPaths(nn.Module):
         (_TwoPaths(), False),
     ],
 )
-def test_input_gradients_equal_autograds(conv, flipped):
+def test_input_gradients_equal_autograds(conv, flipped, threads):
     torch.manual_seed(0)
     channels = 2 if isinstance(conv, nn.Conv2d) and conv.in_channels == 2 else 1
     spatial = (7, 9, 6) if isinstance(conv, nn.Conv3d) else (11, 10)
@@ -201,6 +210,50 @@ def test_input_gradients_equal_autograds(conv, flipped):
     (ours,) = input_gradients(out, [x])
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6)
     assert torch.backends.mkldnn.enabled and x.grad is None
+
+
+_LAYERS = [nn.Conv2d(1, 4, 5, padding=2), nn.Conv2d(1, 3, 3, padding=(2, 1), dilation=(2, 1)),
+           nn.Conv3d(1, 2, (3, 5, 1), padding=(1, 2, 0))]
+
+
+@pytest.mark.parametrize("conv", _LAYERS)
+def test_differentiable_input_gradients_give_autograds_second_derivatives(conv, threads):
+    """The regularizer's case: a penalty of the input gradient, differentiated to the weights,
+    the bias and the input; the first layer runs through _FirstLayerDataGradient."""
+    torch.manual_seed(0)
+    conv = conv.double()
+    head = nn.Linear(conv.out_channels, 2).double()
+    spatial = (5, 7, 4) if isinstance(conv, nn.Conv3d) else (9, 8)
+    x = torch.rand(3, 1, *spatial, dtype=torch.float64, requires_grad=True)
+    direction = torch.rand_like(x)
+    leaves = [conv.weight, conv.bias, head.weight, x]
+
+    def penalty(first_layer_path):
+        out = head(nn.functional.elu(conv(x)).flatten(2).mean(2))[:, 1].sum()
+        if first_layer_path:
+            (g,) = input_gradients(out, [x], create_graph=True)
+        else:
+            (g,) = torch.autograd.grad(out, x, create_graph=True)
+        cosine = (g * direction).flatten(1).sum(1) / g.flatten(1).norm(dim=1)
+        return torch.autograd.grad(cosine.square().sum(), leaves)
+
+    ours, reference = penalty(True), penalty(False)
+    assert _sole_conv_consumer(list(_graph_nodes(conv(x).sum().grad_fn)), x) is not None
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_first_layer_data_gradient_has_correct_higher_derivatives():
+    """Its backward is made of differentiable convolutions, so a third derivative is right too."""
+    torch.manual_seed(0)
+    grad_out = torch.rand(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(g, w):
+        return _FirstLayerDataGradient.apply(g, w, [1, 1], [1, 1])
+
+    assert torch.autograd.gradcheck(fn, (grad_out, weight))
+    assert torch.autograd.gradgradcheck(fn, (grad_out, weight))
 
 
 def test_input_gradients_mix_flipped_and_plain_inputs_and_unused_ones():
