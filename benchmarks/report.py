@@ -207,7 +207,7 @@ def render_markdown(
         f"torch {meta.get('torch', '?')}, captum {meta.get('captum', '?')}; "
         f"other processes' mean CPU use during the run {meta.get('other_cpu_load', '?')}; "
         f"load average at start {meta.get('loadavg_start', '?')}, "
-        f"at end {meta.get('loadavg_end', '?')}.",
+        f"at end {meta.get('loadavg_end', '?')}; allocator: {meta.get('allocator', 'default')}.",
         *_busy_warning(meta),
         "",
         "Ratio = ours / base (lower is better), medians after warm-up; times in ms. Settings: "

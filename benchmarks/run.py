@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Tu
 
 import torch
 
+from benchmarks.common import keep_freed_memory
 from benchmarks.report import MAIN, describe, misses, render_markdown, write_json
 
 __all__ = ["TOPICS", "MODELS", "CONTRACT", "Config", "build_plan", "contract_problems",
@@ -312,6 +313,9 @@ def _parse(argv: Optional[Sequence[str]], choices: Sequence[str]) -> argparse.Na
     p.add_argument("--all-full", action="store_true",
                    help="without --quick: full settings at every point, ResNet-18 scaled too "
                         "(default on CUDA)")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="leave glibc's allocator at its defaults (by default freed memory is "
+                        "kept: see benchmarks.common.keep_freed_memory)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="JSON file to write (default benchmarks/results.json); the markdown "
                         "report goes beside it")
@@ -324,9 +328,11 @@ def main(argv: Optional[Sequence[str]] = None, topics: Optional[Mapping[str, Run
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         print(f"--device {args.device}: CUDA is not available on this machine", file=sys.stderr)
         return 2
+    allocator = "default" if args.default_allocator else keep_freed_memory()
     t_start = time.perf_counter()
     cpu_start = _cpu_snapshot()
     meta = machine_info(args.device)
+    meta["allocator"] = allocator
     meta.update(quick=args.quick, check=args.check,
                 argv=list(sys.argv[1:] if argv is None else argv))
 

@@ -173,9 +173,10 @@ def test_scaling_table_pairs_each_point_with_main_and_shows_growth():
     assert report.render_scaling_table(rows[:1]) == ""
 
 
-def test_run_writes_json_and_markdown_and_passes_the_device_through(tmp_path, capsys):
+def test_run_writes_json_and_markdown_and_passes_the_device_through(tmp_path, capsys, monkeypatch):
     calls: List[Dict[str, object]] = []
     out = tmp_path / "sub" / "results.json"
+    monkeypatch.setattr(run_module, "keep_freed_memory", lambda: "kept for the test")
     code = main(["--quick", "--models", "small_cnn", "--out", str(out)],
                 topics={"alpha": make_topic(PASS_TARGET, calls)})
     assert code == 0
@@ -191,21 +192,24 @@ def test_run_writes_json_and_markdown_and_passes_the_device_through(tmp_path, ca
         assert key in meta
     assert meta["quick"] is True and meta["device"] == "cpu"
     assert meta["torch"] == torch.__version__
+    assert meta["allocator"] == "kept for the test"
     assert [(r["topic"], r["config"], r["batch"], r["size"]) for r in data["rows"]] == [
         ("alpha", MAIN, 16, 128), ("alpha", "batch", 8, 128), ("alpha", "size", 16, 64)]
     assert all(r["ours_ms"] > 0 and r["base_ms"] > 0 for r in data["rows"])
     assert [r["status"] for r in data["runs"]] == ["ok"] * 3
     printed = capsys.readouterr().out
     assert "tiny matmul" in printed and "Scaling" in printed
+    assert "allocator: kept for the test" in printed
     assert out.with_suffix(".md").read_text(encoding="utf-8") == printed.rstrip("\n") + "\n"
 
 
 def test_full_mode_passes_each_points_settings_to_the_module(tmp_path, capsys):
     calls: List[Dict[str, object]] = []
     out = tmp_path / "r.json"
-    code = main(["--models", "small_cnn", "--out", str(out)],
+    code = main(["--models", "small_cnn", "--default-allocator", "--out", str(out)],
                 topics={"alpha": make_topic(PASS_TARGET, calls)})
     assert code == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["meta"]["allocator"] == "default"
     assert [(c["quick"], c["batch"], c["size"]) for c in calls] == [
         (False, 16, 128), (True, 16, 128), (True, 8, 128), (True, 16, 64)]
     data = json.loads(out.read_text(encoding="utf-8"))
@@ -216,7 +220,7 @@ def test_full_mode_passes_each_points_settings_to_the_module(tmp_path, capsys):
 
 
 def test_check_exit_code_follows_the_targets(tmp_path, capsys):
-    args = ["--models", "small_cnn", "--no-scaling", "--out", str(tmp_path / "r.json")]
+    args = ["--models", "small_cnn", "--no-scaling", "--default-allocator", "--out", str(tmp_path / "r.json")]
     both = {"good": make_topic(PASS_TARGET), "bad": make_topic(FAIL_TARGET)}
     assert main(args + ["--check"], topics={"good": make_topic(PASS_TARGET)}) == 0
     assert main(args, topics={"bad": make_topic(FAIL_TARGET)}) == 0  # without --check: report
@@ -239,7 +243,7 @@ def test_a_crashing_or_malformed_topic_is_reported_not_fatal(tmp_path, capsys):
 
     out = tmp_path / "r.json"
     topics = {"crash": crashes, "bad_rows": malformed, "good": make_topic(PASS_TARGET)}
-    args = ["--models", "small_cnn", "--no-scaling", "--out", str(out)]
+    args = ["--models", "small_cnn", "--no-scaling", "--default-allocator", "--out", str(out)]
     assert main(args, topics=topics) == 0
     assert main(args + ["--check"], topics=topics) == 1
     data = json.loads(out.read_text(encoding="utf-8"))
