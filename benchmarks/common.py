@@ -31,7 +31,7 @@ def keep_freed_memory() -> str:
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    if platform.system() != "Linux" or not name or not platform.libc_ver()[0] == "glibc":
+    if platform.libc_ver()[0] != "glibc" or not name:
         return "unchanged (not glibc)"
     libc = ctypes.CDLL(name)
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h

@@ -208,8 +208,9 @@ class _FirstLayerDataGradient(torch.autograd.Function):
 
     Its adjoints are one forward convolution and one weight gradient of the layer itself:
     ``L = <v, conv_transpose(g, W)> = <conv(v, W), g>``. PyTorch's own double backward of the
-    layer computes the weight term as a convolution with an image-sized kernel (4.4 ms
-    against 1.8 ms for the small CNN, batch 16, 128 px, 2 threads).
+    layer computes the weight term as a convolution with an image-sized kernel: for the small
+    CNN (batch 16, 128 px, 2 threads) 4.4 ms inside the regularizer step, where
+    ``torch.nn.grad.conv2d_weight`` takes 1.8 ms on the same shapes on its own.
     """
 
     @staticmethod
