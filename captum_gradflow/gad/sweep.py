@@ -58,11 +58,9 @@ def evaluate_gad(
 
 def _all_maps(gad: GADWrapper, x: Tensor, y: Tensor, batch_size: int, kwargs: Dict[str, Any]) -> List[List[Tensor]]:
     """``[A_0, ..., A_T]`` of every batch: what fusion settings (q, agreement) only re-fuse."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        _, parts = gad.attribute(x[i:i + batch_size], target=y[i:i + batch_size], return_components=True, **kwargs)
-        out.append([m.detach() for m in parts.maps])
-    return out
+    interpolate = kwargs.pop("interpolate_to_input", True)
+    return [[m.detach() for m in gad._maps(x[i:i + batch_size], y[i:i + batch_size], interpolate, kwargs)]
+            for i in range(0, len(x), batch_size)]
 
 
 def _scores(gad: GADWrapper, x: Tensor, y: Tensor, maps: List[List[Tensor]], q: float = 0.2,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import replace
-from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import torch
 from captum.attr import Attribution
@@ -329,6 +329,20 @@ class GADWrapper(Attribution):
             True
         """
         check_fusion_args(q, agreement, reduce)
+        maps = self._maps(inputs, target, interpolate_to_input, kwargs)
+        out, components = fuse_all(maps, q, agreement, reduce)
+        if components.n_degenerate:
+            warnings.warn(
+                f"GAD: {components.n_degenerate} attribution map(s) were constant or not finite (e.g. "
+                "a zero gradient); their masks are empty, so GAD keeps nothing where they vote",
+                UserWarning,
+                stacklevel=3,
+            )
+        return (out, components) if return_components else out
+
+    def _maps(self, inputs: TensorOrTuple, target: TargetType, interpolate_to_input: bool,
+              kwargs: Dict[str, Any]) -> List[Tensor]:
+        """``[A_0, ..., A_T]`` of a batch, before fusion (the sweep re-fuses them per setting)."""
         if kwargs.get("return_convergence_delta"):
             raise ValueError("return_convergence_delta is not supported: a GAD map has no convergence delta")
         xs, _ = format_inputs(inputs)
@@ -339,15 +353,7 @@ class GADWrapper(Attribution):
             maps = all_maps([self.attribution_method, *self._methods], inputs, target, kwargs)
             if interpolate_to_input:
                 maps = [upsample(m, xs) for m in maps]
-        out, components = fuse_all(maps, q, agreement, reduce)
-        if components.n_degenerate:
-            warnings.warn(
-                f"GAD: {components.n_degenerate} attribution map(s) were constant or not finite (e.g. "
-                "a zero gradient); their masks are empty, so GAD keeps nothing where they vote",
-                UserWarning,
-                stacklevel=3,
-            )
-        return (out, components) if return_components else out
+        return maps
 
     # -- inspection ----------------------------------------------------------------------
     def margins(self, inputs: TensorOrTuple, labels: Tensor, batch_size: int = 256) -> Tensor:
