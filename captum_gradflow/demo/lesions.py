@@ -153,7 +153,7 @@ def evaluate_lesion_model(model: nn.Module, test: Lesions, cfg: DemoConfig,
         "J_mean": nanmean(joint), "J_median": nanmedian(joint), "J_n_undefined": int(torch.isnan(joint).sum()),
         "noise_S_mean": point.mean_S_noise, "S": feature_rows(point),
     }
-    parts: Dict[str, Any] = {"model": model, "joint": joint, "point": point}
+    parts: Dict[str, Any] = {"model": model, "point": point}
     if flow:
         n = min(cfg.flow_examples, len(test))
         xf, mf = x[:n], masks[:n]
@@ -234,5 +234,5 @@ def lesion_experiment(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         results[name], parts[name] = evaluate_lesion_model(model, test, cfg)
     results["noise"] = noise_construction(parts["plain"]["point"], parts["plain"]["flow"])
     results["J_ratio"] = results["regularized"]["J_mean"] / results["plain"]["J_mean"]
-    results["J_paired_p"] = paired_greater(parts["regularized"]["joint"], parts["plain"]["joint"])
+    results["J_paired_p"] = paired_greater(parts["regularized"]["point"].J, parts["plain"]["point"].J)
     return results, parts

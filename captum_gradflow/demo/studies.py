@@ -60,14 +60,14 @@ def lambda_sweep(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Balanced accuracy and J at every ``cfg.lambda_values`` (the accuracy/alignment trade-off)."""
     cfg, les = ctx.cfg, ctx.parts["alignment"]
     reused = {0.0: "plain", float(cfg.reg_brightness): "regularized"}
-    base_joint: Tensor = les["plain"]["joint"]
+    base_joint: Tensor = les["plain"]["point"].J
     rows: List[Dict[str, Any]] = []
     joints: Dict[float, Tensor] = {}
     for lam in cfg.lambda_values:
         weights = cfg.lesion_weights(lam)
         row: Dict[str, Any] = {"lambda": lam, "weights": weights, "reused": lam in reused}
         if lam in reused:
-            result, joint = ctx.results["alignment"][reused[lam]], les[reused[lam]]["joint"]
+            result, joint = ctx.results["alignment"][reused[lam]], les[reused[lam]]["point"].J
         else:
             try:
                 result, part = _train_and_measure(ctx, weights, f"train (λ = {lam:g})")
@@ -75,7 +75,7 @@ def lambda_sweep(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
                 rows.append({**row, "diverged": True, "balanced_accuracy": math.nan, "J_mean": math.nan,
                              "J_median": math.nan, "J_paired_p": math.nan})
                 continue
-            joint = part["joint"]
+            joint = part["point"].J
         joints[lam] = joint
         row.update(diverged=False, **_summary(result))
         if lam > 0:  # each example's J against its own J at λ = 0
@@ -92,7 +92,7 @@ def feature_ablation(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     full_weights: Dict[str, float] = dict(full["weights"])
     results: Dict[str, Any] = {"weights": full_weights, "plain": _summary(full["plain"]),
                                "full": _summary(full["regularized"]), "removed": {}}
-    full_point, full_joint = les["regularized"]["point"], les["regularized"]["joint"]
+    full_point, full_joint = les["regularized"]["point"], les["regularized"]["point"].J
     for removed in full_weights:
         weights = {name: (0.0 if name == removed else w) for name, w in full_weights.items()}
         result, part = _train_and_measure(ctx, weights, f"train (without {removed})")
@@ -101,7 +101,7 @@ def feature_ablation(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
             "weights": weights, **_summary(result),
             # Does the weight itself raise the feature's alignment? Full model vs this one.
             "S_drop_p": paired_greater(full_point.S[:, j], part["point"].S[:, j]),
-            "J_drop_p": paired_greater(full_joint, part["joint"]),
+            "J_drop_p": paired_greater(full_joint, part["point"].J),
         }
     return results, {}
 
@@ -118,5 +118,5 @@ def one_output_model(ctx: RunContext) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         results[name], parts[name] = _train_and_measure(ctx, w, f"train (one output, {name})", num_classes=1,
                                                         flow=True)
     results["J_ratio"] = results["regularized"]["J_mean"] / results["plain"]["J_mean"]
-    results["J_paired_p"] = paired_greater(parts["regularized"]["joint"], parts["plain"]["joint"])
+    results["J_paired_p"] = paired_greater(parts["regularized"]["point"].J, parts["plain"]["point"].J)
     return results, parts

@@ -117,9 +117,8 @@ class Measures:
         """
         xg = x.detach().requires_grad_()  # Captum's methods would warn and set it themselves
         own = recipe.attribution is recipe.gad.attribution_method
-        base = None if own else recipe.attribution.attribute(xg, target=target)
         kept, parts = recipe.gad.attribute(xg, target=target, return_components=True)
-        base = parts.maps[0] if own else base
+        base = parts.maps[0] if own else recipe.attribution.attribute(xg, target=target)
         rc = region_complexity(kept, base)
         rs = compare_region_sensitivity(self.model, x, kept, base, target=target)
         return {"RC": rc.rc.double().cpu().numpy(), "RS_kept": rs.gad.detach().double().cpu().numpy(),
