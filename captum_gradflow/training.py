@@ -11,7 +11,7 @@ hooks) and the data are left as they came, also when a call raises (the guard of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -69,15 +69,22 @@ def predict(model: nn.Module, x: Tensor | Tuple[Tensor, ...], batch_size: int = 
     _check_positive_int(batch_size, "batch_size", "predict")
     xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     device = _model_device(model)
-    # one example on the model's device: the data may live elsewhere (a meta tensor cannot move)
-    check_batch(tuple(t if not isinstance(t, Tensor) or t.dim() == 0 or device is None
-                      or t.device.type == "meta" else t[:1].to(device) for t in xs), model, "predict: x")
+    check_batch_on_model_device(xs, model, "predict: x")
     with preserved(model, xs, "predict", eval_mode=True):
         out = [model(*(t[i:i + batch_size].to(device or t.device) for t in xs))
                for i in range(0, len(xs[0]), batch_size)]
     if not all(isinstance(o, Tensor) for o in out):
         raise TypeError(f"predict: the model must return a Tensor, got {type(out[0]).__name__}")
     return torch.cat(out)
+
+
+def check_batch_on_model_device(xs: Tuple[Any, ...], model: nn.Module, what: str) -> None:
+    """:func:`check_batch` of the first example moved to the model's device: batches are moved
+    there as they are used, so the data may live elsewhere (its dtype must still match; a meta
+    tensor cannot move and is rejected as it is)."""
+    device = _model_device(model)
+    check_batch(tuple(t if not isinstance(t, Tensor) or t.dim() == 0 or device is None
+                      or t.device.type == "meta" else t[:1].to(device) for t in xs), model, what)
 
 
 def _model_device(model: nn.Module) -> Optional[torch.device]:

@@ -34,7 +34,7 @@ from captum_gradflow.gad.support import (
     make_support_models,
     rebind,
 )
-from captum_gradflow.training import _model_device, predict
+from captum_gradflow.training import check_batch_on_model_device, predict
 
 __all__ = ["GADWrapper", "GADComponents"]
 
@@ -183,11 +183,7 @@ class GADWrapper(Attribution):
             ``self``, fitted. On any error nothing is changed.
         """
         xs, y = as_tensors(data)
-        # One example on the model's device: batches are moved there as they are used, so the
-        # data may live elsewhere (the dtype must still match).
-        device = _model_device(self.model) or torch.device("cpu")
-        check_batch(tuple(t[:1] if t.device.type == "meta" else t[:1].to(device) for t in xs),
-                    self.model, "GADWrapper.fit")
+        check_batch_on_model_device(xs, self.model, "GADWrapper.fit")
         check_finite(xs, "data")
         batch_size = self.config.batch_size
         if isinstance(data, torch.utils.data.DataLoader) and data.batch_size:
