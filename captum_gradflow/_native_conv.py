@@ -11,8 +11,8 @@ are slow, often the most expensive step of the whole backward pass. Two remedies
   kernel. With ``create_graph`` (the regularizer) that step is a function autograd
   differentiates with one forward convolution and one weight gradient of the layer
   (:class:`_FirstLayerDataGradient`), instead of PyTorch's double backward of the layer.
-* :func:`native_one_channel_conv_grads` (every other one-channel convolution): only those graph
-  nodes run without oneDNN.
+* every other one-channel 2-D convolution of the graph runs without oneDNN, only while its
+  node runs (:func:`_native_grads`).
 """
 from __future__ import annotations
 
@@ -25,25 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.graph import GradientEdge
 
-__all__ = ["conv_backward_nodes", "input_gradients", "native_one_channel_conv_grads"]
+__all__ = ["input_gradients"]
 
 # Held from the moment a hooked node switches oneDNN off until it switches it back on, so two
 # threads of the package never interleave their switches (one turning the flag on while the
 # other's node runs, or leaving it off). Hooks run on the thread that called backward (CPU).
 _SWITCH = threading.Lock()
-
-
-def conv_backward_nodes(root: Optional[Any]) -> List[Any]:
-    """Every convolution node (``ConvolutionBackward0``) of the graph below ``root``.
-
-    Examples::
-
-        >>> import torch
-        >>> y = torch.nn.Conv2d(1, 2, 3)(torch.rand(1, 1, 5, 5, requires_grad=True)).sum()
-        >>> len(conv_backward_nodes(y.grad_fn))
-        1
-    """
-    return [node for node in _graph_nodes(root) if _is_conv(node)]
 
 
 def _is_conv(node: Any) -> bool:
@@ -73,15 +60,17 @@ def _onednn_enabled() -> bool:
 
 
 @contextmanager
-def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
-    """Compute input gradients of one-input-channel CPU convolutions without oneDNN.
+def _native_grads(graph: Iterable[Any]) -> Iterator[None]:
+    """Run the one-input-channel 2-D CPU convolutions among the nodes ``graph`` of an autograd
+    graph without oneDNN (the convolutions :func:`input_gradients` does not bypass).
 
     oneDNN's data-gradient kernel for a convolution with a single input channel (a grayscale
     model's first layer) is several times slower than PyTorch's native one (about 40 ms
     against 9 ms for the small CNN's first layer, batch 16, 128 px, one thread; the results
     agree to float rounding). Only 2-D convolutions are switched: for a one-channel Conv3d the
     native backward is the slower one (119 ms against 84 ms on a 3-D CNN, batch 8, 32^3).
-    oneDNN is switched off only while those nodes of the graph run, by node hooks removed on exit; the flag is restored on exit whatever happens.
+    oneDNN is switched off only while those nodes run, by node hooks removed on exit; the flag
+    is restored on exit whatever happens.
 
     Threads: the switch is process-wide, like every ``torch.backends`` flag. A module lock is
     held while it is off, so concurrent calls of the package in several threads take turns
@@ -90,36 +79,14 @@ def native_one_channel_conv_grads(root: Optional[Any]) -> Iterator[None]:
     PyTorch's native kernel instead of oneDNN: slower, with results equal up to float
     rounding. Nothing changes when oneDNN is already off, on GPU, or for convolutions with
     several input channels or groups.
-
-    Args:
-        root: ``grad_fn`` of the tensor about to be differentiated (``None``: no-op).
-
-    Examples::
-
-        >>> import torch
-        >>> conv = torch.nn.Conv2d(1, 4, 3)
-        >>> x = torch.rand(2, 1, 8, 8, requires_grad=True)
-        >>> y = conv(x).sum()
-        >>> with native_one_channel_conv_grads(y.grad_fn):
-        ...     (g,) = torch.autograd.grad(y, x)
-        >>> g.shape
-        torch.Size([2, 1, 8, 8])
     """
-    with _native_grads(_graph_nodes(root)):
-        yield
-
-
-@contextmanager
-def _native_grads(graph: Iterable[Any]) -> Iterator[None]:
-    """:func:`native_one_channel_conv_grads` for the nodes ``graph`` of an autograd graph."""
     nodes = []
-    if _onednn_enabled():
-        for node in filter(_is_conv, graph):
-            w = node._saved_weight  # documented access to a node's saved tensors
-            one_channel = w.dim() == 4 and w.shape[1] == 1 and node._saved_groups == 1
-            if w.device.type == "cpu" and one_channel and not node._saved_transposed:
-                nodes.append(node)
-    if not nodes:
+    for node in filter(_is_conv, graph):
+        w = node._saved_weight  # documented access to a node's saved tensors
+        one_channel = w.dim() == 4 and w.shape[1] == 1 and node._saved_groups == 1
+        if w.device.type == "cpu" and one_channel and not node._saved_transposed:
+            nodes.append(node)
+    if not nodes or not _onednn_enabled():
         yield
         return
 
@@ -255,8 +222,7 @@ def input_gradients(
     convolution's output (asked of autograd as a :class:`~torch.autograd.graph.GradientEdge`);
     with ``create_graph``, through :class:`_FirstLayerDataGradient`, so the result can be
     differentiated again (also more than once). The results agree with autograd's to float
-    rounding. Other inputs, and every convolution that is not such a first layer, follow
-    :func:`native_one_channel_conv_grads`.
+    rounding. Every other one-channel convolution goes through :func:`_native_grads`.
 
     Examples::
 
@@ -270,7 +236,8 @@ def input_gradients(
     graph = list(_graph_nodes(total.grad_fn))  # one walk for every input and the hooks
     nodes = [_sole_conv_consumer(graph, x) if x.is_leaf else None for x in inputs]
     wanted = [GradientEdge(node, 0) if node is not None else x for node, x in zip(nodes, inputs)]
-    with _native_grads(graph):
+    # The bypassed first layers never run: autograd stops at their outputs.
+    with _native_grads(node for node in graph if node not in nodes):
         grads = torch.autograd.grad(total, wanted, retain_graph=retain_graph,
                                     create_graph=create_graph, allow_unused=True)
     return tuple(
