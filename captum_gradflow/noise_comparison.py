@@ -24,8 +24,9 @@ class NoiseComparison:
     r"""Alignment of ``m`` features and ``M`` noise features on ``N`` examples.
 
     Built by :meth:`FeatureAlignment.compare_to_noise`; batches from a data loader are pooled
-    with :meth:`concat`. Only ``S``, ``S_noise`` and ``feature_names`` are stored; everything
-    else is derived from them (so pooled reports are recomputed on all examples).
+    with :meth:`concat`. Only ``S``, ``S_noise``, ``feature_names``, ``construction`` and
+    ``J`` are stored; everything else is derived from them (so pooled reports are recomputed
+    on all examples).
 
     Per example and feature (``noise_mean = nanmean_j S_noise_j``):
 
