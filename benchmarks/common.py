@@ -22,10 +22,10 @@ def keep_freed_memory() -> str:
 
     glibc's defaults hand a CNN's large buffers back to the operating system after every pass;
     the page faults that follow cost more than the arithmetic on a virtual machine, and how
-    many there are depends on what ran before, so ratios swung from run to run (the
-    regularizer's exact step measured 3.3 to 6.0 plain steps, 2.86 with memory kept). This is
-    the setting the README's "Speed on CPU" section recommends to users; ``mallopt`` changes
-    only this process, so the evaluation rows' worker processes keep glibc's defaults.
+    many there are depends on what ran before, so ratios swung from run to run (figures in
+    benchmarks/README.md). The README's "Speed on CPU" section recommends the same kind of
+    setting to users, through environment variables; ``mallopt`` changes only this process,
+    so the evaluation rows' worker processes keep glibc's defaults.
     """
     import ctypes
     import ctypes.util
@@ -36,7 +36,7 @@ def keep_freed_memory() -> str:
     libc = ctypes.CDLL(name)
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
     trim_ok = libc.mallopt(m_trim_threshold, 2 ** 31 - 1)
-    mmap_ok = libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)  # glibc's largest allowed value
+    mmap_ok = libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)  # fixed; the default adapts from 128 KiB
     if not (trim_ok and mmap_ok):
         return "unchanged (mallopt refused)"
     return "glibc, freed memory kept (M_TRIM_THRESHOLD 2 GiB, M_MMAP_THRESHOLD 32 MiB)"
