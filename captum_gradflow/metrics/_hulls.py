@@ -15,8 +15,8 @@ points, hence:
 
 * between two consecutive integer heights every hull is a trapezoid with exact rational
   sides (``_trapezoids``), read off the chains without building edges;
-* hull areas are exact: twice the area of a row's trapezoid is an integer (the trapezoid
-  rule on each side's edge).
+* hull areas are exact: summed over the rows of one edge, the trapezoid rule gives twice the
+  integral along that edge, so twice each hull's area is an integer (single rows need not be).
 
 Speed. The maps of real networks give tens of thousands of rows per pass, so the cost is
 the number of passes over arrays of that length: the code avoids boolean-mask indexing,
@@ -32,6 +32,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import shapely
 
+from captum_gradflow.metrics._ragged import expand
 from captum_gradflow.metrics._trapezoids import I64, Trapezoids
 
 
@@ -72,8 +73,7 @@ class Hulls:
         right0 = np.r_[0, np.cumsum(n_right)[:-1]]
         nl, nr = n_left[idx], n_right[idx]
         length = nl + nr + 1
-        ring = np.repeat(np.arange(len(idx)), length)
-        pos = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
+        ring, pos = expand(np.zeros(len(idx), dtype=I64), length)
         on_left = pos < nl[ring]
         on_right = ~on_left & (pos < length[ring] - 1)
         li = np.where(on_left, left0[idx][ring] + pos, left0[idx][ring])  # closing -> first
@@ -207,11 +207,12 @@ class HullGeometry:
         row0: Sequence[int],
     ) -> None:
         self._chunks, self._trapezoids, self._row0 = list(chunks), list(trapezoids), list(row0)
+        self._k0 = np.cumsum([0] + [len(c) for c in self._chunks[:-1]])  # first hull of each chunk
 
     @cached_property
     def hulls(self) -> Hulls:
         parts = [c.vertices() for c in self._chunks]
-        k0 = np.cumsum([0] + [len(c) for c in self._chunks[:-1]])
+        k0 = self._k0
         zero = [0] * len(parts)
         return Hulls(*(_cat(parts, f, d) for f, d in (
             ("lx", zero), ("ly", self._row0), ("lk", k0), ("rx", zero), ("ry", self._row0),
@@ -219,7 +220,7 @@ class HullGeometry:
 
     @cached_property
     def trapezoids(self) -> "Trapezoids":
-        k0 = np.cumsum([0] + [len(c) for c in self._chunks[:-1]])
+        k0 = self._k0
         zero = [0] * len(self._trapezoids)
         return Trapezoids(*(_cat(self._trapezoids, f, d) for f, d in (
             ("hull", k0), ("row", self._row0), ("l0", zero), ("l1", zero), ("dl", zero),
@@ -358,8 +359,8 @@ def _boundary_rows(chain: Chain, rows: _Rows) -> Tuple[np.ndarray, ...]:
 
     The row lies on the hull edge from the last vertex at or above it to the first below
     it: at the row's top and bottom heights the boundary is ``n0 / d`` and ``n1 / d``.
-    ``s`` is the sum of the edge's two end x, twice the integral of x over the row (the
-    trapezoid rule, exact for a straight edge).
+    ``s``: summed over the rows of one edge, twice the integral of x along that edge (the
+    trapezoid rule, exact for a straight edge); a single row's ``s`` need not be its own.
     """
     if chain.alive.all():  # nothing pruned: every row is its own edge
         nxt = _next(chain, rows)

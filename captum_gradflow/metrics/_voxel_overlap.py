@@ -64,7 +64,8 @@ def ragged_planes(c: VoxelComponents, ks: np.ndarray, hulls: dict) -> Tuple[np.n
     """The facet planes of the hulls ``ks`` in one ``(F, 4)`` array, and per entry of ``ks``
     the first row and the number of its planes (a hull listed twice shares its rows)."""
     uniq, inverse = np.unique(ks, return_inverse=True)
-    todo = [k for k in uniq.tolist() if ("planes", k) not in hulls]
+    is_box = c.is_box
+    todo = [k for k in uniq.tolist() if ("planes", k) not in hulls and not is_box[k]]  # boxes: planes()
     for k, eq in small_hull_planes(c, np.array(todo, dtype=I64)).items():
         hulls[("planes", k)] = eq  # in bulk, without Qhull
     eqs = [planes(c, int(k), hulls) for k in uniq]
@@ -259,7 +260,7 @@ def box_rows(
         parts.append(_box_group(c, hull[e0:e1], box_lo[e0:e1], sz, pad, half, depth, shape))
     gid, state, key, n_row, dist, normal, row = (
         [p[i] for p in parts] for i in range(7))
-    offset = np.r_[0, np.cumsum([len(x) for x in gid])[:-1]]
+    offset = np.r_[0, np.cumsum(n_row)[:-1]]
     row = np.concatenate([r + o for r, o in zip(row, offset)])
     _, keep_at = np.unique(np.concatenate(key), return_index=True)  # one row per (hull, voxel)
     keep = np.zeros(int(sum(map(len, gid))), dtype=bool)
@@ -304,8 +305,7 @@ def _halve(
     where[stay] = np.arange(len(stay))
     kept = where[owner] >= 0
     # a part's planes are its box's: each box's entries are one block of (owner, plane)
-    _, idx = expand(np.searchsorted(owner, child), n_cut[child])
-    n_child = np.repeat(np.arange(len(child)), n_cut[child])
+    n_child, idx = expand(np.searchsorted(owner, child), n_cut[child])
     return (np.r_[hull[stay], hull[child]], np.r_[box_lo[stay], lo[part]],
             np.r_[box_size[stay], size[part]], np.r_[where[owner[kept]], len(stay) + n_child],
             np.r_[plane[kept], plane[idx]])
