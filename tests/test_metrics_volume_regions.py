@@ -269,6 +269,22 @@ def test_flat_components_in_closed_form_match_qhull_and_translate_exactly():
     assert by_parity[0] == by_parity[1]
 
 
+def test_long_flat_components_are_in_closed_form_too():
+    """A sheet 40 voxels long (a zigzag band and a sparse diagonal): no extent limit."""
+    kept = np.zeros((2, 3, 44, 44), dtype=bool)
+    rows = np.arange(40)
+    wave = 2 + np.abs(rows % 8 - 4)
+    kept[0, 1, rows + 2, wave] = True  # a zigzag band along y, two voxels wide
+    kept[0, 1, rows + 2, wave + 1] = True
+    kept[1, 1, rows + 2, rows + 2] = True  # a diagonal line with a bar at its top end
+    kept[1, 1, 2, 2:12] = True
+    c = components_of(kept)
+    volume, known = closed_form_volumes(c)
+    assert len(c) == 2 and known.all() and ((c.hi - c.lo + 1).max(1) >= 40).all()
+    expected = [brute_hull_volume(c.voxels(k)) for k in range(len(c))]
+    assert np.allclose(volume, expected, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("box", [2, 3])
 def test_hull_volumes_of_small_random_components_and_translated_copies(box):
     """Every path (box, 2-4 voxels, flat, Qhull) on random patterns in ``box^3`` cells, each
